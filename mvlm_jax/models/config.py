@@ -1,0 +1,206 @@
+"""Frozen, typed model configurations and the named presets.
+
+Each model family gets its own dataclass; a checkpoint stores the dict form (`to_dict`) beside its
+parameters so that it can be rebuilt without the experiment file that trained it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the LLM's linear layers (paper 4.4: r 128, alpha 256, every Linear)."""
+
+    rank: int = 128
+    alpha: float = 256.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    dropout: float = 0.05
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """MobileLLaMA / any LLaMA shape. Defaults are MobileLLaMA 1.4B (spec, Table 2)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    intermediate_size: int = 5632
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    dtype: ComputeDtype = "float32"  # compute dtype; parameters are always float32
+    remat_policy: RematPolicy = "none"
+    attention_impl: Literal["xla", "cudnn"] | None = None  # None: let JAX choose
+    lora: LoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.resolved_head_dim
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """CLIP ViT. Only the blocks up to `select_layer` are built: later ones never feed the projector."""
+
+    image_size: int = 336
+    patch_size: int = 14
+    width: int = 1024
+    num_layers: int = 24  # depth of the source model; see `num_layers_run`
+    num_heads: int = 16
+    mlp_dim: int = 4096
+    layer_norm_eps: float = 1e-5
+    act: Literal["quick_gelu", "gelu", "gelu_tanh"] = "quick_gelu"
+    select_layer: int = -2  # HF hidden_states index: 0 is the pre-LN embedding output, i the output of block i
+    class_token: bool = True  # False: a tower without a class token (no slot for it in position embeddings)
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    dtype: ComputeDtype = "float32"
+    remat_policy: RematPolicy = "none"
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not 0 <= self.num_layers_run <= self.num_layers:
+            raise ValueError(f"select_layer {self.select_layer} is outside 0..{self.num_layers} (or its negative)")
+        if self.select_feature == "cls_patch" and not self.class_token:
+            raise ValueError("select_feature 'cls_patch' needs a class token")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        return self.num_patches + int(self.class_token)
+
+    @property
+    def num_layers_run(self) -> int:
+        """Blocks whose output reaches the selected hidden state."""
+        return self.select_layer if self.select_layer >= 0 else self.num_layers + 1 + self.select_layer
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_patches + int(self.select_feature == "cls_patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+    """Vision-to-language projector.
+
+    `mlp2x_gelu`: Linear -> GELU -> Linear (LLaVA-1.5). `ldp`: the LDP builder of the paper's Table 9:
+    an optional front MLP ([PW]x2), then one MobileNetV3 inverted-residual block [DW(s) PW] per entry of
+    `block_strides`. `ldpv2`: MLP, 2x2 average pool, PEG (depthwise conv added to its input).
+    """
+
+    type: Literal["mlp2x_gelu", "ldp", "ldpv2"] = "ldp"
+    front_mlp: bool = True
+    block_strides: tuple[int, ...] = (1, 2)
+    dtype: ComputeDtype = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMConfig:
+    vision: VisionConfig
+    projector: ProjectorConfig
+    llm: LlamaConfig
+    image_token_id: int = -200  # id in prompts before the slot is widened; not an embedding row
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return projector_output_tokens(self.projector, self.vision.num_output_tokens)
+
+
+def projector_output_tokens(config: ProjectorConfig, num_input_tokens: int) -> int:
+    side = int(round(num_input_tokens**0.5))
+    if config.type == "mlp2x_gelu":
+        return num_input_tokens
+    if side * side != num_input_tokens:
+        raise ValueError(f"projector {config.type} needs a square token grid, got {num_input_tokens} tokens")
+    if config.type == "ldpv2":
+        return (side // 2) ** 2
+    for stride in config.block_strides:
+        side = (side + stride - 1) // stride  # 3x3 conv, padding 1
+    return side * side
+
+
+LLAMA_PRESETS: dict[str, LlamaConfig] = {
+    "tiny": LlamaConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
+                        intermediate_size=176, max_position_embeddings=512),
+    "1.4b": LlamaConfig(),
+    "2.7b": LlamaConfig(hidden_size=2560, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=6912),
+}
+
+VISION_PRESETS: dict[str, VisionConfig] = {
+    "tiny": VisionConfig(image_size=48, patch_size=8, width=32, num_layers=3, num_heads=4, mlp_dim=64),
+    "b16_224": VisionConfig(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "l14_336": VisionConfig(),
+}
+
+# The paper's Table 9 rows as configurations of the one LDP builder.
+PROJECTOR_PRESETS: dict[str, ProjectorConfig] = {
+    "mlp2x_gelu": ProjectorConfig(type="mlp2x_gelu"),
+    "ldp": ProjectorConfig(type="ldp"),
+    "ldpv2": ProjectorConfig(type="ldpv2"),
+    "ldp_no_front_pw": ProjectorConfig(type="ldp", front_mlp=False),  # [DW(s1) PW][DW(s2) PW]
+    "ldp_downsample_first": ProjectorConfig(type="ldp", block_strides=(2, 1)),  # [DW(s2) PW][DW(s1) PW]
+    "ldp_3_blocks": ProjectorConfig(type="ldp", block_strides=(1, 1, 2)),  # three [DW PW] blocks, last one s2
+}
+
+_NESTED = {"lora": LoraConfig, "vision": VisionConfig, "projector": ProjectorConfig, "llm": LlamaConfig}
+_KINDS = {"llm": LlamaConfig, "vision": VisionConfig, "projector": ProjectorConfig, "vlm": VLMConfig}
+
+ModelConfig = LlamaConfig | VisionConfig | ProjectorConfig | VLMConfig
+
+
+def kind_of(config: ModelConfig) -> str:
+    return next(kind for kind, cls in _KINDS.items() if isinstance(config, cls))
+
+
+def to_dict(config: ModelConfig) -> dict[str, Any]:
+    """JSON-ready form, tagged with its kind."""
+    return {"kind": kind_of(config), "config": dataclasses.asdict(config)}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in _NESTED and isinstance(value, dict):
+            value = _build(_NESTED[name], value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], where: str = "model config") -> ModelConfig:
+    """Inverse of `to_dict`; names the offending key on bad input."""
+    kind = data.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"{where}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
+    return _build(_KINDS[kind], data.get("config", {}), where)

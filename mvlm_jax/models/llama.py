@@ -1,0 +1,148 @@
+"""MobileLLaMA: a LLaMA decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention), layers under nn.scan.
+
+Parameter tree (L = layers, D = hidden, H = heads * head_dim, K = kv_heads * head_dim, F = intermediate):
+  embed_tokens/embedding [vocab, D]
+  layers/input_norm/scale [L, D]             layers/post_attn_norm/scale [L, D]
+  layers/attn/{q_proj [L, D, H], k_proj, v_proj [L, D, K], o_proj [L, H, D]}/kernel
+  layers/mlp/{gate_proj, up_proj [L, D, F], down_proj [L, F, D]}/kernel
+  final_norm/scale [D]                       lm_head/kernel [D, vocab] (absent when tied)
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+from mvlm_jax.models.config import LlamaConfig, LoraConfig
+from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, param_with_axes, scan_layers,
+                                    segment_causal_mask)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in HF's rotate_half layout. x: [batch, seq, heads, head_dim]; positions: [batch, seq]."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, seq, head_dim / 2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def _lora_for(config: LlamaConfig, name: str) -> LoraConfig | None:
+    return config.lora if config.lora is not None and name in config.lora.targets else None
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array) -> jax.Array:
+        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; positions: [batch, seq]."""
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        head_dim = cfg.resolved_head_dim
+
+        def project(name: str, features: int, axes: tuple[str, str], inputs: jax.Array) -> jax.Array:
+            return Linear(features, axes, dtype=dtype, lora=_lora_for(cfg, name), name=name)(inputs, self.deterministic)
+
+        query = project("q_proj", cfg.num_heads * head_dim, ("embed", "heads"), x)
+        key = project("k_proj", cfg.kv_dim, ("embed", "kv_heads"), x)
+        value = project("v_proj", cfg.kv_dim, ("embed", "kv_heads"), x)
+        query, key, value = (rearrange(t, "b s (n h) -> b s n h", h=head_dim) for t in (query, key, value))
+        query = apply_rope(query, positions, cfg.rope_theta)
+        key = apply_rope(key, positions, cfg.rope_theta)
+        query = nn.with_logical_constraint(query, ("batch", "length", "act_heads", None))
+        out = attention(query, key, value, mask, cfg.attention_impl)
+        out = rearrange(out, "b s n h -> b s (n h)")
+        return project("o_proj", cfg.hidden_size, ("heads", "embed"), out)
+
+
+class MLP(nn.Module):
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """SwiGLU: down(silu(gate(x)) * up(x)). x: [batch, seq, embed]."""
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+
+        def project(name: str, features: int, axes: tuple[str, str], inputs: jax.Array) -> jax.Array:
+            return Linear(features, axes, dtype=dtype, lora=_lora_for(cfg, name), name=name)(inputs, self.deterministic)
+
+        gate = project("gate_proj", cfg.intermediate_size, ("embed", "mlp"), x)
+        up = project("up_proj", cfg.intermediate_size, ("embed", "mlp"), x)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return project("down_proj", cfg.hidden_size, ("mlp", "embed"), hidden)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array) -> tuple[jax.Array, None]:
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        normed = RMSNorm(cfg.rms_norm_eps, dtype, name="input_norm")(x)
+        x = x + Attention(cfg, self.deterministic, name="attn")(normed, mask, positions)
+        normed = RMSNorm(cfg.rms_norm_eps, dtype, name="post_attn_norm")(x)
+        x = x + MLP(cfg, self.deterministic, name="mlp")(normed)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+
+
+class MobileLLaMA(nn.Module):
+    """Decoder-only LM. Set `deterministic=False` (via `clone`) to enable LoRA dropout in training."""
+
+    config: LlamaConfig
+    deterministic: bool = True
+
+    def setup(self) -> None:
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                                     embedding_init=param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")))
+        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2)
+        self.layers = stack(cfg, self.deterministic)
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.vocab_size, ("embed", "vocab"), dtype=dtype, out_dtype=jnp.float32,
+                                  kernel_init=nn.initializers.normal(0.02))
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """[batch, seq] int32 -> [batch, seq, embed] in the compute dtype."""
+        return self.embed_tokens(tokens)
+
+    def __call__(self, tokens: jax.Array | None, segment_ids: jax.Array | None = None,
+                 positions: jax.Array | None = None, input_embeddings: jax.Array | None = None) -> jax.Array:
+        """tokens: [batch, seq] int32 (or input_embeddings [batch, seq, embed]); segment_ids, positions:
+        [batch, seq] int32, default one segment with positions 0..seq-1. Returns float32 logits
+        [batch, seq, vocab]."""
+        cfg = self.config
+        x = self.embed(tokens) if input_embeddings is None else input_embeddings.astype(DTYPES[cfg.dtype])
+        batch, seq = x.shape[:2]
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, seq), jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions)
+        x = self.final_norm(x)
+        if cfg.tie_word_embeddings:
+            return self.embed_tokens.attend(x).astype(jnp.float32)
+        return self.lm_head(x)
+
+
+def count_params(config: LlamaConfig) -> int:
+    """Closed-form parameter count (no LoRA)."""
+    d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    q_dim = config.num_heads * config.resolved_head_dim
+    per_layer = d * q_dim * 2 + d * config.kv_dim * 2 + 3 * d * f + 2 * d
+    head = 0 if config.tie_word_embeddings else d * v
+    return v * d + config.num_layers * per_layer + d + head

@@ -1,0 +1,114 @@
+"""Vision-to-language projectors: mlp2x_gelu (LLaVA-1.5), the LDP builder (MobileVLM v1 and the paper's
+Table 9 variants) and LDPv2 (MobileVLM V2). Token grids are row-major in both directions of every reshape.
+
+Parameter trees (C_v = vision width, D = LLM hidden, S = squeeze width):
+  mlp2x_gelu: mlp/{fc1 [C_v, D], fc2 [D, D]}/{kernel, bias}
+  ldp:        mlp/... (when front_mlp), then per block i:
+              block_i/depthwise/kernel [3, 3, 1, C]   block_i/{dw_norm, pw_norm}/{scale, bias} [D]
+              block_i/se_fc1/{kernel [C, S], bias}    block_i/se_fc2/{kernel [S, C], bias}
+              block_i/pointwise/kernel [C, D]
+  ldpv2:      mlp/..., peg/{kernel [3, 3, 1, D], bias [D]}
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from einops import rearrange, reduce
+
+from mvlm_jax.models.config import ProjectorConfig
+from mvlm_jax.models.layers import ACTIVATIONS, DTYPES, LayerNorm, Linear, param_with_axes
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's _make_divisible: round to a multiple of divisor, never below 90 % of value."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _square_grid(tokens: jax.Array) -> jax.Array:
+    """[batch, side * side, C] -> [batch, side, side, C] (row-major)."""
+    side = math.isqrt(tokens.shape[1])
+    if side * side != tokens.shape[1]:
+        raise ValueError(f"projector needs a square token grid, got {tokens.shape[1]} tokens")
+    return rearrange(tokens, "b (h w) c -> b h w c", h=side)
+
+
+def _depthwise_conv(name: str, channels: int, stride: int, use_bias: bool, dtype: jnp.dtype) -> nn.Conv:
+    # Explicit (1, 1) padding: torch's padding=1. Flax 'SAME' pads (0, 1) at stride 2 and shifts the grid.
+    return nn.Conv(channels, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=channels,
+                   use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=param_with_axes(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                   bias_init=param_with_axes(nn.initializers.zeros, ("embed",)), name=name)
+
+
+class MLP2xGELU(nn.Module):
+    """Linear(C_v, D) -> exact GELU -> Linear(D, D). tokens: [batch, n, C_v] -> [batch, n, D]."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        hidden = Linear(self.features, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="fc1")(tokens)
+        hidden = ACTIVATIONS["gelu"](hidden)
+        return Linear(self.features, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="fc2")(hidden)
+
+
+class InvertedResidual(nn.Module):
+    """torchvision MobileNetV3 block with expanded == input channels (no expansion conv):
+    DWconv(3x3, stride) -> LN -> Hardswish -> SqueezeExcite -> PWconv(1x1) -> LN (+ input when shapes allow).
+    LN is a LayerNorm over channels at each position (timm LayerNorm2d, eps 1e-5).
+    x: [batch, H, W, C] -> [batch, ceil(H / stride), ceil(W / stride), features]."""
+
+    features: int
+    stride: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        squeeze = make_divisible(channels // 4, 8)
+        hidden = _depthwise_conv("depthwise", channels, self.stride, False, self.dtype)(x)
+        hidden = jax.nn.hard_swish(LayerNorm(1e-5, self.dtype, name="dw_norm")(hidden))
+        pooled = jnp.mean(hidden.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+        scale = jax.nn.relu(Linear(squeeze, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="se_fc1")(pooled))
+        scale = Linear(channels, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="se_fc2")(scale)
+        hidden = hidden * jax.nn.hard_sigmoid(scale)
+        hidden = Linear(self.features, ("embed", "mlp"), dtype=self.dtype, name="pointwise")(hidden)
+        hidden = LayerNorm(1e-5, self.dtype, name="pw_norm")(hidden)
+        if self.stride == 1 and channels == self.features:
+            hidden = hidden + x
+        return hidden
+
+
+class Projector(nn.Module):
+    """tokens: [batch, n, C_v] vision features -> [batch, m, features] LLM embeddings
+    (m = n for mlp2x_gelu, n / 4 for both LDPs with the default strides)."""
+
+    config: ProjectorConfig
+    features: int
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        if cfg.type == "mlp2x_gelu":
+            return MLP2xGELU(self.features, dtype, name="mlp")(tokens)
+        if cfg.type == "ldpv2":
+            grid = _square_grid(MLP2xGELU(self.features, dtype, name="mlp")(tokens))
+            if grid.shape[1] % 2:
+                raise ValueError(f"ldpv2 pools 2x2 and needs an even grid, got {grid.shape[1]}x{grid.shape[2]}")
+            pooled = reduce(grid.astype(jnp.float32), "b (h p) (w q) c -> b h w c", "mean", p=2, q=2).astype(dtype)
+            grid = pooled + _depthwise_conv("peg", self.features, 1, True, dtype)(pooled)  # PEG: conv added to input
+            return rearrange(grid, "b h w c -> b (h w) c")
+        if cfg.type != "ldp":
+            raise ValueError(f"unknown projector type {cfg.type!r}; expected mlp2x_gelu, ldp or ldpv2")
+        if cfg.front_mlp:
+            tokens = MLP2xGELU(self.features, dtype, name="mlp")(tokens)
+        grid = _square_grid(tokens)
+        for index, stride in enumerate(cfg.block_strides):
+            grid = InvertedResidual(self.features, stride, dtype, name=f"block_{index}")(grid)
+        return rearrange(grid, "b h w c -> b (h w) c")
