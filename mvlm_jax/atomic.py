@@ -1,0 +1,41 @@
+"""Outputs that appear complete or not at all: build in a hidden sibling directory, rename at the end."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `out`; on success it replaces `out`, on failure it is removed.
+
+    An existing `out` is never touched unless `force` is set, and even then only after the new one is
+    complete.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(retired)
+        partial.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        partial.rename(out)

@@ -1,0 +1,61 @@
+"""Model checkpoints: parameters as an orbax checkpoint with the model config beside them.
+
+Layout of CKPT_DIR:
+  model_config.json   {"kind": "llm" | "vision" | "vlm", "config": {...}}  (models.config.to_dict)
+  params/             orbax PyTree checkpoint of the unboxed float32 parameter tree
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from mvlm_jax.atomic import atomic_directory
+from mvlm_jax.models.config import ModelConfig, from_dict, to_dict
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False) -> Path:
+    """Write params (numpy or jax arrays) and config atomically to `directory`."""
+    with atomic_directory(directory, force=force) as partial:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(partial / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        (partial / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    return Path(directory).absolute()
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {directory} is not a model checkpoint")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    return from_dict(data, where=str(path))
+
+
+def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
+    """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings, so that
+    parameters are restored directly into their sharded layout."""
+    directory = Path(directory).absolute()
+    config = load_config(directory)
+    params_path = directory / PARAMS_DIR
+    if not params_path.is_dir():
+        raise FileNotFoundError(f"{params_path}: missing parameter checkpoint")
+    checkpointer = ocp.StandardCheckpointer()
+    if target is None:
+        metadata = checkpointer.metadata(params_path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+    params = checkpointer.restore(params_path, target)
+    checkpointer.close()
+    return params, config

@@ -1,0 +1,136 @@
+"""Hugging Face config.json <-> our model configs, and which kind of checkpoint a directory holds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mvlm_jax.convert.mapping import ConversionError
+from mvlm_jax.models.config import LlamaConfig, ProjectorConfig, VisionConfig
+
+# transformers' CLIPVisionConfig defaults, for keys a saved config leaves out.
+CLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "image_size": 224, "patch_size": 32,
+                        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+
+# Hub towers named by `mm_vision_tower` that MobileVLM and the paper's Table 7 use (HF vision configs).
+KNOWN_TOWERS = {
+    "openai/clip-vit-large-patch14-336": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                          "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+    "openai/clip-vit-large-patch14": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                      "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+    "openai/clip-vit-base-patch16": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                     "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+}
+
+PROJECTOR_TYPES = {"ldpnet": "ldp", "ldp": "ldp", "ldpnetv2": "ldpv2", "ldpv2": "ldpv2", "mlp2x_gelu": "mlp2x_gelu"}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    except UnicodeDecodeError as error:
+        raise ConversionError(f"{path}: not UTF-8 text ({error.reason})") from error
+
+
+def detect_kind(config: dict[str, Any], where: Path) -> str:
+    """'llm' (LlamaForCausalLM), 'vision' (CLIPVisionModel or CLIPModel) or 'vlm' (MobileVLM)."""
+    model_type = config.get("model_type")
+    if model_type == "mobilevlm" or "mm_projector_type" in config:
+        return "vlm"
+    if model_type == "llama":
+        return "llm"
+    if model_type in ("clip", "clip_vision_model"):
+        return "vision"
+    raise ConversionError(f"{where}: unknown model_type {model_type!r} (architectures {config.get('architectures')}); "
+                          "expected llama, clip, clip_vision_model or mobilevlm")
+
+
+def _require(config: dict[str, Any], key: str, where: Path) -> Any:
+    if key not in config:
+        raise ConversionError(f"{where}: missing key {key!r}")
+    return config[key]
+
+
+def llama_from_hf(config: dict[str, Any], where: Path) -> LlamaConfig:
+    if config.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"{where}: hidden_act {config['hidden_act']!r} is not supported (LLaMA uses silu)")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise ConversionError(f"{where}: attention_bias / mlp_bias are not supported (LLaMA has no biases)")
+    rope = config.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
+    scaling = config.get("rope_scaling")
+    if scaling or rope.get("rope_type", "default") != "default":
+        raise ConversionError(f"{where}: rope scaling {scaling or rope} is not supported; only plain RoPE")
+    hidden, heads = _require(config, "hidden_size", where), _require(config, "num_attention_heads", where)
+    head_dim = config.get("head_dim")
+    return LlamaConfig(
+        vocab_size=_require(config, "vocab_size", where), hidden_size=hidden,
+        num_layers=_require(config, "num_hidden_layers", where), num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=None if head_dim in (None, hidden // heads) else head_dim,
+        intermediate_size=_require(config, "intermediate_size", where),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        max_position_embeddings=config.get("max_position_embeddings", 2048),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.resolved_head_dim,
+        "hidden_act": "silu", "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, "rope_scaling": None,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32"}
+
+
+def vision_from_hf(config: dict[str, Any], where: Path, select_layer: int = -2,
+                   select_feature: str = "patch") -> VisionConfig:
+    """From a CLIPVisionConfig dict, or a CLIPConfig dict (its vision_config is used)."""
+    if config.get("model_type") == "clip":
+        config = config.get("vision_config") or {}
+    values = {**CLIP_VISION_DEFAULTS, **config}
+    act = values["hidden_act"]
+    if act not in ("quick_gelu", "gelu", "gelu_pytorch_tanh"):
+        raise ConversionError(f"{where}: vision hidden_act {act!r} is not supported")
+    if select_feature not in ("patch", "cls_patch"):
+        raise ConversionError(f"{where}: mm_vision_select_feature {select_feature!r} is not supported")
+    try:
+        return VisionConfig(image_size=values["image_size"], patch_size=values["patch_size"],
+                            width=values["hidden_size"], num_layers=values["num_hidden_layers"],
+                            num_heads=values["num_attention_heads"], mlp_dim=values["intermediate_size"],
+                            layer_norm_eps=values["layer_norm_eps"],
+                            act="gelu_tanh" if act == "gelu_pytorch_tanh" else act,
+                            select_layer=select_layer, select_feature=select_feature)
+    except ValueError as error:
+        raise ConversionError(f"{where}: {error}") from error
+
+
+def vision_to_hf(config: VisionConfig) -> dict[str, Any]:
+    return {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",
+            "hidden_size": config.width, "intermediate_size": config.mlp_dim,
+            "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+            "image_size": config.image_size, "patch_size": config.patch_size, "num_channels": 3,
+            "hidden_act": "gelu_pytorch_tanh" if config.act == "gelu_tanh" else config.act,
+            "layer_norm_eps": config.layer_norm_eps}
+
+
+def projector_from_hf(config: dict[str, Any], where: Path) -> ProjectorConfig:
+    name = config.get("mm_projector_type", "linear")
+    if name not in PROJECTOR_TYPES:
+        raise ConversionError(f"{where}: mm_projector_type {name!r} is not supported; "
+                              f"expected one of {sorted(PROJECTOR_TYPES)}")
+    return ProjectorConfig(type=PROJECTOR_TYPES[name])
+
+
+def projector_to_hf(config: ProjectorConfig) -> str:
+    if config.type == "ldp" and (not config.front_mlp or config.block_strides != (1, 2)):
+        return "ldpnet_custom"  # Table 9 variant: our layout, no official equivalent
+    return {"ldp": "ldpnet", "ldpv2": "ldpnetv2", "mlp2x_gelu": "mlp2x_gelu"}[config.type]
