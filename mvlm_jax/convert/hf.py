@@ -37,6 +37,12 @@ CLIP_TEXT_PARTS = (r"text_model\..*", r"logit_scale", r"text_projection\.weight"
 EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
+def _clip_prefix(source: TensorSource) -> str:
+    """`vision_model.` in CLIPModel files and older CLIPVisionModel files; transformers 5 saves a
+    CLIPVisionModel without it."""
+    return "vision_model." if any(n.startswith("vision_model.") for n in source.names()) else ""
+
+
 def _vlm_mapping(config: VLMConfig, tower_prefix: str) -> Mapping:
     return (llama_mapping(config.llm).prefixed(("llm",))
             + clip_mapping(config.vision, tower_prefix).prefixed(("vision",))
@@ -75,7 +81,7 @@ def plan_import(hf_dir: Path, vision_dir: Path | None = None) -> tuple[ModelConf
         return llm, llama_mapping(llm), source
     if kind == "vision":
         vision = hf_config.vision_from_hf(config, where)
-        return vision, clip_mapping(vision) + Mapping((), CLIP_TEXT_PARTS), source
+        return vision, clip_mapping(vision, _clip_prefix(source)) + Mapping((), CLIP_TEXT_PARTS), source
     vision, tower_dir = _resolve_tower(config, hf_dir, vision_dir)
     mm_hidden = config.get("mm_hidden_size", vision.width)
     if mm_hidden != vision.width:
@@ -88,8 +94,9 @@ def plan_import(hf_dir: Path, vision_dir: Path | None = None) -> tuple[ModelConf
     if tower_dir is None:
         raise ConversionError(f"{hf_dir}: the checkpoint holds no {TOWER_PREFIX}* tensors and mm_vision_tower "
                               f"{config.get('mm_vision_tower')!r} is not a local directory; pass --vision CLIP_DIR")
-    mapping = _vlm_mapping(vlm, "vision_model.") + Mapping((), CLIP_TEXT_PARTS)
-    return vlm, mapping, MergedSource(source, SafetensorsDir(tower_dir))
+    tower = SafetensorsDir(tower_dir)
+    mapping = _vlm_mapping(vlm, _clip_prefix(tower)) + Mapping((), CLIP_TEXT_PARTS)
+    return vlm, mapping, MergedSource(source, tower)
 
 
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False,
