@@ -12,6 +12,12 @@ class OutputExistsError(FileExistsError):
     pass
 
 
+def ensure_writable(out: str | os.PathLike, force: bool = False) -> None:
+    """Fail early, before any expensive work, when `out` exists and `force` is not set."""
+    if Path(out).exists() and not force:
+        raise OutputExistsError(f"{Path(out).absolute()} exists; pass --force to overwrite it")
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `out`; on success it replaces `out`, on failure it is removed.
@@ -19,9 +25,8 @@ def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Pa
     An existing `out` is never touched unless `force` is set, and even then only after the new one is
     complete.
     """
+    ensure_writable(out, force)
     out = Path(out).absolute()
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     if partial.exists():

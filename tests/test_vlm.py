@@ -8,12 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 import hf_builders
 import torch_refs
 from mvlm_jax.checkpoint import load_model
-from mvlm_jax.convert.hf import import_hf
+from mvlm_jax.convert.hf import export_hf, import_hf, plan_import
+from mvlm_jax.convert.mapping import ConversionError
+from mvlm_jax.models.config import VISION_PRESETS
 from mvlm_jax.models import build_model
 from mvlm_jax.models.vlm import place_image_embeddings
 
@@ -96,3 +98,39 @@ def test_place_image_embeddings_is_jittable_and_drops_overflow():
     slots = jnp.array([[0, 4], [-1, 2]])  # second image of row 0 runs past the end: rows 4, 5 kept
     out = np.asarray(jax.jit(place_image_embeddings)(text, images, slots))[..., 0]
     np.testing.assert_array_equal(out, [[1, 1, 1, 0, 2, 2], [0, 0, 2, 2, 2, 0]])
+
+
+def test_vlm_export_to_mobilevlm_layout_round_trips(tmp_path):
+    build_mobilevlm(tmp_path, "ldpnet")
+    config = import_hf(tmp_path / "vlm", tmp_path / "ckpt")
+    export_hf(tmp_path / "ckpt", tmp_path / "exported")
+    exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert exported["model_type"] == "mobilevlm" and exported["mm_projector_type"] == "ldpnet"
+    assert exported["mm_vision_tower"] == "vision_tower"  # not a known hub shape: its config is written beside
+    again = import_hf(tmp_path / "exported", tmp_path / "ckpt_again")
+    assert again == config
+    first, _ = load_model(tmp_path / "ckpt")
+    second, _ = load_model(tmp_path / "ckpt_again")
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tower_named_by_hub_id_gets_the_known_shape_and_missing_weights_are_explained(tmp_path):
+    build_mobilevlm(tmp_path, "ldpnet", with_tower_tensors=False)
+    config = json.loads((tmp_path / "vlm" / "config.json").read_text())
+    config.update(mm_vision_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=1024)
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps(config))
+    # Without tower tensors and without a local tower directory there are no weights to load.
+    with pytest.raises(ConversionError, match="--vision CLIP_DIR"):
+        plan_import(tmp_path / "vlm")
+    # With the tower's tensors in the checkpoint (as V2 releases ship them) the hub shape is used.
+    state = load_file(str(tmp_path / "vlm" / "model.safetensors"))
+    state["model.vision_tower.vision_tower.vision_model.embeddings.class_embedding"] = np.zeros(1024, np.float32)
+    save_file(state, str(tmp_path / "vlm" / "model.safetensors"))
+    planned, _, _ = plan_import(tmp_path / "vlm")
+    assert planned.vision == VISION_PRESETS["l14_336"] and planned.num_visual_tokens == 144
+    # --vision overrides mm_vision_tower.
+    config["mm_hidden_size"] = 32
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps(config))
+    planned, _, _ = plan_import(tmp_path / "vlm", vision_dir=tmp_path / "clip")
+    assert planned.vision.width == 32 and planned.vision.select_layer == -2

@@ -21,7 +21,7 @@ import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
-from mvlm_jax.atomic import OutputExistsError, atomic_directory
+from mvlm_jax.atomic import atomic_directory, ensure_writable
 from mvlm_jax.checkpoint import load_model, save_model
 from mvlm_jax.convert import hf_config
 from mvlm_jax.convert.families import clip_mapping, llama_mapping, projector_mapping
@@ -103,8 +103,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
               vision_dir: str | os.PathLike | None = None) -> ModelConfig:
     """Convert a Hugging Face directory to a checkpoint at `out`; returns the model config."""
     hf_dir, out = Path(hf_dir), Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    ensure_writable(out, force)
     config, mapping, source = plan_import(hf_dir, Path(vision_dir) if vision_dir else None)
     params = import_params(source, mapping, nn.unbox(abstract_params(config)))
     save_model(out, params, config, force=force)
@@ -131,8 +130,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = Fal
               max_shard_bytes: int = 2 << 30) -> ModelConfig:
     """Write `ckpt` as a Hugging Face directory (safetensors shards + config.json) at `out`."""
     out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    ensure_writable(out, force)
     params, config = load_model(ckpt)
     params, config = merge_lora(params, config)
     mapping, hf = _export_plan(config)
@@ -172,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             config = export_hf(args.ckpt, args.out, force=args.force, dtype=args.dtype,
                                max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
-    except (ConversionError, OutputExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # ConversionError, missing files, an existing --out
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({type(config).__name__}: {json.dumps(dataclasses.asdict(config))[:200]}...)")

@@ -46,22 +46,19 @@ class SafetensorsDir:
         for file in set(self._file_of.values()):
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: listed in {INDEX_FILE} but missing")
-        self._handles: dict[Path, object] = {}
-
-    def _handle(self, name: str):
-        file = self._file_of[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="np")
-        return self._handles[file]
 
     def names(self) -> set[str]:
         return set(self._file_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        with safe_open(self._file_of[name], framework="np") as handle:
+            return tuple(handle.get_slice(name).get_shape())
 
     def get(self, name: str) -> np.ndarray:
-        return self._handle(name).get_tensor(name)
+        # Open per tensor: a file mapping kept open would count every page read so far as resident
+        # memory, i.e. a second copy of the checkpoint by the end of an import.
+        with safe_open(self._file_of[name], framework="np") as handle:
+            return handle.get_tensor(name)
 
 
 class DictSource:

@@ -1,0 +1,123 @@
+"""Bad input to the converter: clear errors naming the file or tensor (and both shapes), nothing left
+behind at --out, and an existing --out kept unless --force."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import hf_builders
+from mvlm_jax.convert.hf import main as convert_main
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("hf") / "llama"
+    hf_builders.llama(directory, seed=1)
+    return directory
+
+
+def copy_with(hf_dir: Path, target: Path, edit) -> Path:
+    target.mkdir()
+    (target / "config.json").write_text((hf_dir / "config.json").read_text())
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(target / "model.safetensors"))
+    return target
+
+
+def run_import(capsys, hf: Path, out: Path, *extra: str) -> tuple[int, str]:
+    code = convert_main(["import", "--hf", str(hf), "--out", str(out), *extra])
+    return code, capsys.readouterr().err
+
+
+def assert_nothing_left(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_wrongly_shaped_tensor_names_it_and_both_shapes(tmp_path, hf_dir, capsys):
+    name = "model.layers.1.mlp.up_proj.weight"
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: t.update({name: np.zeros((81, 48), np.float32)}))
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1
+    assert name in err and "[81, 48]" in err and "[80, 48]" in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_missing_tensor_is_named(tmp_path, hf_dir, capsys):
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: t.pop("model.norm.weight"))
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1 and "missing tensor model.norm.weight" in err and "[48]" in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_unexpected_tensor_is_named(tmp_path, hf_dir, capsys):
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: t.update({"model.extra.bias": np.zeros(3, np.float32)}))
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1 and "unexpected tensor" in err and "model.extra.bias [3]" in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_unknown_model_type(tmp_path, hf_dir, capsys):
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: None)
+    config = json.loads((bad / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (bad / "config.json").write_text(json.dumps(config))
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1 and "unknown model_type 'gpt2'" in err and str(bad / "config.json") in err
+
+
+def test_invalid_json_names_file_and_line(tmp_path, hf_dir, capsys):
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: None)
+    (bad / "config.json").write_text('{\n  "model_type": "llama",\n  oops\n}')
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1 and f"{bad / 'config.json'}:3" in err
+
+
+def test_missing_files(tmp_path, hf_dir, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_import(capsys, empty, tmp_path / "out")
+    assert code == 1 and "config.json: missing" in err
+    (empty / "config.json").write_text((hf_dir / "config.json").read_text())
+    (empty / "pytorch_model.bin").write_bytes(b"pickle")
+    code, err = run_import(capsys, empty, tmp_path / "out")
+    assert code == 1 and "pytorch_model.bin" in err and "pickle" in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_existing_output_is_kept_without_force(tmp_path, hf_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = run_import(capsys, hf_dir, out)
+    assert code == 1 and "--force" in err and (out / "keep.txt").read_text() == "mine"
+    # A failing forced run leaves the old output untouched too.
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: t.pop("lm_head.weight"))
+    code, _ = run_import(capsys, bad, out, "--force")
+    assert code == 1 and (out / "keep.txt").read_text() == "mine"
+    code, _ = run_import(capsys, hf_dir, out, "--force")
+    assert code == 0 and not (out / "keep.txt").exists() and (out / "model_config.json").is_file()
+
+
+def test_module_and_console_entry_points(tmp_path, hf_dir):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "mvlm_jax.convert.hf", "import", "--hf", str(hf_dir),
+                           "--out", str(tmp_path / "ckpt")], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    mvlm = Path(sys.executable).with_name("mvlm")
+    info = subprocess.run([str(mvlm), "info", "--ckpt", str(tmp_path / "ckpt")], capture_output=True, text=True,
+                          env=env)
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert summary["kind"] == "llm" and summary["config"]["hidden_size"] == 48
+    assert summary["parameters"] == 97 * 48 * 2 + 2 * (4 * 48 * 48 + 3 * 48 * 80 + 2 * 48) + 48
+    again = subprocess.run([str(mvlm), "convert", "export", "--ckpt", str(tmp_path / "ckpt"), "--out",
+                            str(tmp_path / "hf_again"), "--dtype", "bfloat16"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "hf_again" / "config.json").read_text())["torch_dtype"] == "bfloat16"
