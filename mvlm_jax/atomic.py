@@ -18,29 +18,42 @@ def ensure_writable(out: str | os.PathLike, force: bool = False) -> None:
         raise OutputExistsError(f"{Path(out).absolute()} exists; pass --force to overwrite it")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `out`; on success it replaces `out`, on failure it is removed.
 
-    An existing `out` is never touched unless `force` is set, and even then only after the new one is
-    complete.
+    An existing `out` is never touched unless `force` is set (checked again at the end, in case something
+    appeared there meanwhile), and even then only once the new one is complete; if the final swap fails,
+    the old output is put back.
     """
     ensure_writable(out, force)
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     if partial.exists():
-        shutil.rmtree(partial)
+        _remove(partial)
     partial.mkdir()
     try:
         yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(retired)
-        partial.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        partial.rename(out)
+        ensure_writable(out, force)
+        if out.exists() or out.is_symlink():
+            retired = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(retired)
+            try:
+                partial.rename(out)
+            except BaseException:
+                retired.rename(out)
+                raise
+            _remove(retired)
+        else:
+            partial.rename(out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)

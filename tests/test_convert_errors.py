@@ -70,6 +70,7 @@ def test_unknown_model_type(tmp_path, hf_dir, capsys):
     (bad / "config.json").write_text(json.dumps(config))
     code, err = run_import(capsys, bad, tmp_path / "out")
     assert code == 1 and "unknown model_type 'gpt2'" in err and str(bad / "config.json") in err
+    assert_nothing_left(tmp_path / "out")
 
 
 def test_invalid_json_names_file_and_line(tmp_path, hf_dir, capsys):
@@ -77,6 +78,28 @@ def test_invalid_json_names_file_and_line(tmp_path, hf_dir, capsys):
     (bad / "config.json").write_text('{\n  "model_type": "llama",\n  oops\n}')
     code, err = run_import(capsys, bad, tmp_path / "out")
     assert code == 1 and f"{bad / 'config.json'}:3" in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_truncated_safetensors_names_the_file(tmp_path, hf_dir, capsys):
+    bad = copy_with(hf_dir, tmp_path / "bad", lambda t: None)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    code, err = run_import(capsys, bad, tmp_path / "out")
+    assert code == 1 and str(bad / "model.safetensors") in err
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_export_refuses_existing_output_and_vision_only_checkpoints(tmp_path, capsys):
+    import hf_builders as builders
+    builders.clip_vision(tmp_path / "clip")
+    assert convert_main(["import", "--hf", str(tmp_path / "clip"), "--out", str(tmp_path / "ckpt")]) == 0
+    code = convert_main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")])
+    assert code == 1 and "vision-only" in capsys.readouterr().err
+    assert_nothing_left(tmp_path / "hf")
+    (tmp_path / "hf").mkdir()
+    code = convert_main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")])
+    assert code == 1 and "--force" in capsys.readouterr().err
 
 
 def test_missing_files(tmp_path, hf_dir, capsys):

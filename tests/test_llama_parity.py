@@ -15,7 +15,8 @@ SHAPES = {
     "gqa": dict(num_attention_heads=6, num_key_value_heads=2, hidden_size=48),
     "mqa_tied_theta": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, rope_theta=500.0,
                            rms_norm_eps=1e-5),
-    "head_dim_override": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3),
+    "head_dim_override": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3,
+                              bos_token_id=5, eos_token_id=[6, 7], pad_token_id=None),
 }
 TOKENS = np.random.default_rng(0).integers(0, 97, size=(2, 24))
 
@@ -39,6 +40,8 @@ def test_import_matches_hf_and_export_round_trips(tmp_path, name):
     export_hf(tmp_path / "ckpt", tmp_path / "exported")
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "exported").eval()
     np.testing.assert_allclose(hf_logits(again, TOKENS), expected, atol=1e-5, rtol=0)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "rope_parameters", "rms_norm_eps", "tie_word_embeddings"):
+        assert getattr(again.config, key) == getattr(reference.config, key), key
 
 
 def test_sharded_safetensors_with_index(tmp_path):

@@ -69,3 +69,17 @@ def test_table9_variants_are_configurations_of_one_builder():
     shapes = abstract(PROJECTOR_PRESETS["ldp_downsample_first"], VISION_WIDTH, HIDDEN)
     # stride 2 first: block_0's depthwise conv sees the full grid, block_1 keeps the residual.
     assert set(shapes) == {"mlp", "block_0", "block_1"}
+
+
+def test_ldpv2_pools_any_grid_to_12x12_like_adaptive_avg_pool():
+    # A 14x14 grid (CLIP B/16-224): overlapping adaptive windows, not a 2x2 mean.
+    config = PROJECTOR_PRESETS["ldpv2"]
+    reference = torch_refs.randomize_(torch_refs.LDPv2(VISION_WIDTH, HIDDEN, out_shape=(12, 12)).eval(), seed=9)
+    state = {PREFIX + k: v.numpy() for k, v in reference.state_dict().items()}
+    params = import_params(DictSource(state), projector_mapping(config), abstract(config, VISION_WIDTH, HIDDEN, 196))
+    features = np.random.default_rng(2).normal(size=(1, 196, VISION_WIDTH)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(features)).numpy()
+    got = np.asarray(Projector(config, HIDDEN).apply({"params": params}, jnp.asarray(features)))
+    assert got.shape == (1, 144, HIDDEN)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

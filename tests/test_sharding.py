@@ -41,6 +41,44 @@ def expected_spec(logical: PartitionSpec) -> PartitionSpec:
     return PartitionSpec(*(None if name is None else table[name] for name in logical))
 
 
+# Written out by hand, independently of the models' logical names: how each kind of weight must be laid out.
+HAND_WRITTEN = {
+    "llm": {
+        "embed_tokens/embedding": ("tensor", "fsdp"),                 # [vocab, embed]
+        "layers/attn/q_proj/kernel": (None, "fsdp", "tensor"),        # [layers, embed, heads]
+        "layers/attn/k_proj/kernel": (None, "fsdp", "tensor"),
+        "layers/attn/o_proj/kernel": (None, "tensor", "fsdp"),        # [layers, heads, embed]
+        "layers/mlp/gate_proj/kernel": (None, "fsdp", "tensor"),      # [layers, embed, mlp]
+        "layers/mlp/down_proj/kernel": (None, "tensor", "fsdp"),      # [layers, mlp, embed]
+        "layers/input_norm/scale": (None, None),
+        "final_norm/scale": (None,),
+        "lm_head/kernel": ("fsdp", "tensor"),                         # [embed, vocab]
+    },
+    "vlm": {
+        "vision/layers/attn_q_proj/kernel": (None, "fsdp", "tensor"),
+        "vision/layers/attn_q_proj/bias": (None, "tensor"),
+        "vision/layers/fc2/kernel": (None, "tensor", "fsdp"),
+        "vision/position_embedding": (None, "fsdp"),
+        "projector/mlp/fc1/kernel": ("fsdp", "tensor"),
+        "projector/block_0/depthwise/kernel": (None, None, None, "fsdp"),
+        "projector/block_1/pointwise/kernel": ("fsdp", "tensor"),
+        "llm/layers/mlp/up_proj/kernel": (None, "fsdp", "tensor"),
+    },
+}
+
+
+def test_hand_written_layouts_hold():
+    mesh = sharding.make_mesh(MESHES["data_fsdp_tensor"])
+    for name, expected in HAND_WRITTEN.items():
+        config = CONFIGS[name]
+        model = build_model(config)
+        logical = sharding.logical_specs(jax.eval_shape(lambda k: model.init(k, *example_inputs(config))["params"],
+                                                        jax.random.key(0)))
+        described = sharding.describe(sharding.mesh_shardings(logical, mesh))
+        for path, spec in expected.items():
+            assert described[path] == str(PartitionSpec(*spec)), (name, path, described[path])
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_sharded_forward_equals_single_device(name):
     config = CONFIGS[name]

@@ -10,16 +10,21 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+import transformers
+
 import hf_builders
 import torch_refs
 from mvlm_jax.checkpoint import load_model
 from mvlm_jax.convert.hf import export_hf, import_hf, plan_import
 from mvlm_jax.convert.mapping import ConversionError
-from mvlm_jax.models.config import VISION_PRESETS
-from mvlm_jax.models import build_model
+from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
+from mvlm_jax.checkpoint import save_model
+from mvlm_jax.models import build_model, init_params
 from mvlm_jax.models.vlm import place_image_embeddings
 
-PROJECTORS = {"ldpnet": torch_refs.LDP, "ldpnetv2": torch_refs.LDPv2, "mlp2x_gelu": torch_refs.MLP2xGELU}
+# The official LDPv2 pools to 12x12 whatever the grid; on this tiny 6x6 grid that means 144 tokens.
+PROJECTORS = {"ldpnet": torch_refs.LDP, "ldpnetv2": lambda w, d: torch_refs.LDPv2(w, d, out_shape=(12, 12)),
+              "mlp2x_gelu": torch_refs.MLP2xGELU}
 SLOT, TEXT_AFTER = 3, 5
 
 
@@ -61,7 +66,7 @@ def test_mobilevlm_import_places_images_and_matches_torch(tmp_path, projector_ty
     params, _ = load_model(tmp_path / "ckpt")
     model = build_model(config)
     num_visual = config.num_visual_tokens
-    assert num_visual == (36 if projector_type == "mlp2x_gelu" else 9)
+    assert num_visual == {"mlp2x_gelu": 36, "ldpnet": 9, "ldpnetv2": 144}[projector_type]
 
     rng = np.random.default_rng(3)
     image = rng.normal(size=(1, 48, 48, 3)).astype(np.float32)
@@ -101,12 +106,28 @@ def test_place_image_embeddings_is_jittable_and_drops_overflow():
 
 
 def test_vlm_export_to_mobilevlm_layout_round_trips(tmp_path):
-    build_mobilevlm(tmp_path, "ldpnet")
+    _, clip, _ = build_mobilevlm(tmp_path, "ldpnet")
     config = import_hf(tmp_path / "vlm", tmp_path / "ckpt")
     export_hf(tmp_path / "ckpt", tmp_path / "exported")
     exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    # What the official loader reads: model type, projector, and a tower it can from_pretrained.
     assert exported["model_type"] == "mobilevlm" and exported["mm_projector_type"] == "ldpnet"
-    assert exported["mm_vision_tower"] == "vision_tower"  # not a known hub shape: its config is written beside
+    assert exported["vision_tower_type"] == "clip" and exported["mm_vision_select_layer"] == -2
+    tower_dir = tmp_path / "exported" / "vision_tower"
+    assert exported["mm_vision_tower"] == str(tower_dir)  # not a known hub architecture
+    tower = transformers.CLIPVisionModel.from_pretrained(tower_dir).eval()
+    pixels = torch.from_numpy(np.random.default_rng(4).normal(size=(1, 3, 48, 48)).astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].numpy(),
+                                   clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].numpy(),
+                                   atol=1e-5)
+    # Every exported tensor equals the source tensor of the same name.
+    source = load_file(str(tmp_path / "vlm" / "model.safetensors"))
+    written = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    unused = {n for n in source if ".encoder.layers.2." in n or "post_layernorm" in n}  # past select_layer
+    assert set(written) == set(source) - unused
+    for name, value in written.items():
+        np.testing.assert_array_equal(value, source[name], err_msg=name)
     again = import_hf(tmp_path / "exported", tmp_path / "ckpt_again")
     assert again == config
     first, _ = load_model(tmp_path / "ckpt")
@@ -134,3 +155,33 @@ def test_tower_named_by_hub_id_gets_the_known_shape_and_missing_weights_are_expl
     (tmp_path / "vlm" / "config.json").write_text(json.dumps(config))
     planned, _, _ = plan_import(tmp_path / "vlm", vision_dir=tmp_path / "clip")
     assert planned.vision.width == 32 and planned.vision.select_layer == -2
+
+
+def test_table9_variant_round_trips_through_the_mobilevlm_layout(tmp_path):
+    config = VLMConfig(VISION_PRESETS["tiny"], PROJECTOR_PRESETS["ldp_3_blocks"], LLAMA_PRESETS["tiny"])
+    params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
+    save_model(tmp_path / "ckpt", params, config)
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert exported["mm_projector_type"] == "ldpnet" and exported["mm_ldp_block_strides"] == [1, 1, 1, 2]
+    assert import_hf(tmp_path / "hf", tmp_path / "again") == config
+    again, _ = load_model(tmp_path / "again")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_vlm_stays_close_to_float32():
+    import dataclasses
+    f32 = VLMConfig(VISION_PRESETS["tiny"], PROJECTOR_PRESETS["ldp"], LLAMA_PRESETS["tiny"])
+    bf16 = VLMConfig(dataclasses.replace(f32.vision, dtype="bfloat16"),
+                     dataclasses.replace(f32.projector, dtype="bfloat16"), dataclasses.replace(f32.llm, dtype="bfloat16"))
+    params = init_params(f32, jax.random.key(1))
+    rng = np.random.default_rng(2)
+    tokens = jnp.asarray(rng.integers(0, 512, (2, f32.num_visual_tokens + 8)), jnp.int32)
+    images = jnp.asarray(rng.normal(size=(2, 1, 48, 48, 3)), jnp.float32)
+    slots = jnp.asarray([[1], [-1]], jnp.int32)
+    reference = np.asarray(build_model(f32).apply({"params": params}, tokens, images, slots))
+    low = build_model(bf16).apply({"params": params}, tokens, images, slots)
+    assert low.dtype == jnp.float32
+    # Stated tolerance, as for the LLM: within 2 % of the largest float32 logit.
+    assert np.abs(np.asarray(low) - reference).max() < 0.02 * np.abs(reference).max()

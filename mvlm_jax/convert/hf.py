@@ -32,6 +32,7 @@ from mvlm_jax.models.config import LlamaConfig, ModelConfig, VisionConfig, VLMCo
 from mvlm_jax.models.lora import merge_lora
 
 TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOWER_DIR = "vision_tower"
 # A CLIPModel also holds the text half; only the vision part is ever used.
 CLIP_TEXT_PARTS = (r"text_model\..*", r"logit_scale", r"text_projection\.weight", r"visual_projection\.weight")
 EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -57,8 +58,8 @@ def _resolve_tower(config: dict, hf_dir: Path, vision_dir: Path | None) -> tuple
     select = dict(select_layer=config.get("mm_vision_select_layer", -1),  # the official code's default
                   select_feature=config.get("mm_vision_select_feature", "patch"))
     candidates = [vision_dir] if vision_dir else []
-    if name:
-        candidates += [Path(name), hf_dir / name]
+    if name:  # as given (the official code: relative to the working directory), then beside the checkpoint
+        candidates += [Path(name), hf_dir / name, hf_dir / Path(name).name]
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return hf_config.vision_from_hf(hf_config.read_json(candidate / "config.json"), candidate, **select), candidate
@@ -110,20 +111,23 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     return config
 
 
-def _export_plan(config: ModelConfig) -> tuple[Mapping, dict]:
+def _export_plan(config: ModelConfig, out: Path) -> tuple[Mapping, dict]:
     if isinstance(config, LlamaConfig):
         return llama_mapping(config), hf_config.llama_to_hf(config)
     if isinstance(config, VLMConfig):
-        vision_hf = hf_config.vision_to_hf(config.vision)
-        known = [n for n, c in hf_config.KNOWN_TOWERS.items() if all(vision_hf[k] == v for k, v in c.items())]
+        # The official loader builds the tower with CLIPVisionModel.from_pretrained(mm_vision_tower): a hub
+        # id when the architecture is a known one, else the tower directory written beside the checkpoint.
+        tower = hf_config.known_tower(config.vision) or str(out.absolute() / TOWER_DIR)
         hf = {**hf_config.llama_to_hf(config.llm), "architectures": ["MobileLlamaForCausalLM"],
-              "model_type": "mobilevlm", "mm_projector_type": hf_config.projector_to_hf(config.projector),
+              "model_type": "mobilevlm", **hf_config.projector_to_hf(config.projector),
               "mm_hidden_size": config.vision.width, "mm_vision_select_layer": config.vision.select_layer,
-              "mm_vision_select_feature": config.vision.select_feature,
-              "mm_vision_tower": known[0] if known else "vision_tower", "image_aspect_ratio": "pad",
+              "mm_vision_select_feature": config.vision.select_feature, "mm_vision_tower": tower,
+              "vision_tower_type": "clip", "image_aspect_ratio": "pad",
               "mm_use_im_start_end": False, "mm_use_im_patch_token": False}
         return _vlm_mapping(config, TOWER_PREFIX), hf
-    raise ConversionError("a vision-only checkpoint has no Hugging Face export; export the VLM that holds it")
+    # A tower is never trained here: its source checkpoint is already the export.
+    raise ConversionError("a vision-only checkpoint has no Hugging Face export (the tower is frozen, so the "
+                          "CLIP checkpoint it was imported from is its export); export the VLM that holds it")
 
 
 def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False, dtype: str = "float32",
@@ -133,15 +137,19 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = Fal
     ensure_writable(out, force)
     params, config = load_model(ckpt)
     params, config = merge_lora(params, config)
-    mapping, hf = _export_plan(config)
+    mapping, hf = _export_plan(config, out)
     hf["torch_dtype"] = dtype
     with atomic_directory(out, force=force) as partial:
         write_sharded(partial, export_tensors(params, mapping, EXPORT_DTYPES[dtype]), max_shard_bytes)
         (partial / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        if isinstance(config, VLMConfig) and hf["mm_vision_tower"] == "vision_tower":
-            (partial / "vision_tower").mkdir()
-            (partial / "vision_tower" / "config.json").write_text(
-                json.dumps(hf_config.vision_to_hf(config.vision), indent=2) + "\n")
+        if isinstance(config, VLMConfig) and hf["mm_vision_tower"].endswith(TOWER_DIR):
+            # A CLIPVisionModel directory with the blocks up to the selected layer (the later ones and
+            # post_layernorm never reach the projector and are not kept; transformers initialises them).
+            tower_dir = partial / TOWER_DIR
+            tower_dir.mkdir()
+            tower_mapping = clip_mapping(config.vision, "vision_model.").prefixed(("vision",))
+            write_sharded(tower_dir, export_tensors(params, tower_mapping, EXPORT_DTYPES[dtype]), max_shard_bytes)
+            (tower_dir / "config.json").write_text(json.dumps(hf_config.vision_to_hf(config.vision), indent=2) + "\n")
     return config
 
 

@@ -76,7 +76,9 @@ def llama_from_hf(config: dict[str, Any], where: Path) -> LlamaConfig:
         rms_norm_eps=config.get("rms_norm_eps", 1e-6),
         rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
         max_position_embeddings=config.get("max_position_embeddings", 2048),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        bos_token_id=config.get("bos_token_id"), pad_token_id=config.get("pad_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos := config.get("eos_token_id"), list) else eos)
 
 
 def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -88,7 +90,9 @@ def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "hidden_act": "silu", "max_position_embeddings": config.max_position_embeddings,
         "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, "rope_scaling": None,
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_word_embeddings,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32"}
+        "bos_token_id": config.bos_token_id, "pad_token_id": config.pad_token_id,
+        "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
+        "torch_dtype": "float32"}
 
 
 def vision_from_hf(config: dict[str, Any], where: Path, select_layer: int = -2,
@@ -122,15 +126,35 @@ def vision_to_hf(config: VisionConfig) -> dict[str, Any]:
             "layer_norm_eps": config.layer_norm_eps}
 
 
+# Our keys for what the official config cannot say (Table 9 LDP variants); official code ignores them.
+LDP_KEYS = {"mm_ldp_front_mlp": "front_mlp", "mm_ldp_block_strides": "block_strides"}
+
+
 def projector_from_hf(config: dict[str, Any], where: Path) -> ProjectorConfig:
     name = config.get("mm_projector_type", "linear")
     if name not in PROJECTOR_TYPES:
         raise ConversionError(f"{where}: mm_projector_type {name!r} is not supported; "
                               f"expected one of {sorted(PROJECTOR_TYPES)}")
-    return ProjectorConfig(type=PROJECTOR_TYPES[name])
+    variant = {ours: config[key] for key, ours in LDP_KEYS.items() if key in config}
+    if "block_strides" in variant:
+        variant["block_strides"] = tuple(variant["block_strides"])
+    return ProjectorConfig(type=PROJECTOR_TYPES[name], **(variant if PROJECTOR_TYPES[name] == "ldp" else {}))
 
 
-def projector_to_hf(config: ProjectorConfig) -> str:
+def projector_to_hf(config: ProjectorConfig) -> dict[str, Any]:
+    keys: dict[str, Any] = {"mm_projector_type": {"ldp": "ldpnet", "ldpv2": "ldpnetv2",
+                                                  "mlp2x_gelu": "mlp2x_gelu"}[config.type]}
     if config.type == "ldp" and (not config.front_mlp or config.block_strides != (1, 2)):
-        return "ldpnet_custom"  # Table 9 variant: our layout, no official equivalent
-    return {"ldp": "ldpnet", "ldpv2": "ldpnetv2", "mlp2x_gelu": "mlp2x_gelu"}[config.type]
+        keys.update({key: getattr(config, ours) for key, ours in LDP_KEYS.items()})
+    if config.type == "ldpv2" and config.pool_side != 12:
+        raise ConversionError(f"ldpv2 with pool_side {config.pool_side} has no MobileVLM equivalent (it pools to 12x12)")
+    return keys
+
+
+def known_tower(config: VisionConfig) -> str | None:
+    """The hub id whose architecture `config` has (shape, activation, eps), if any."""
+    hf = vision_to_hf(config)
+    for name, shape in KNOWN_TOWERS.items():
+        if all(hf[k] == v for k, v in {**CLIP_VISION_DEFAULTS, **shape}.items()):
+            return name
+    return None

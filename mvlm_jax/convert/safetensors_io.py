@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -18,6 +18,13 @@ class TensorSource(Protocol):
     def names(self) -> set[str]: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
     def get(self, name: str) -> np.ndarray: ...
+
+
+def _open(file: Path):
+    try:
+        return safe_open(file, framework="np")
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{file}: not a readable safetensors file ({error})") from error
 
 
 class SafetensorsDir:
@@ -41,8 +48,11 @@ class SafetensorsDir:
                 raise FileNotFoundError(f"{self.directory}: no {SINGLE_FILE} and no {INDEX_FILE}{hint}")
             self._file_of = {}
             for file in files:
-                with safe_open(file, framework="np") as handle:
-                    self._file_of.update({name: file for name in handle.keys()})
+                for name in _open(file).keys():
+                    if name in self._file_of:
+                        raise ValueError(f"{file}: tensor {name} is also in {self._file_of[name]}; "
+                                         "remove the stray file or add a model.safetensors.index.json")
+                    self._file_of[name] = file
         for file in set(self._file_of.values()):
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: listed in {INDEX_FILE} but missing")
@@ -51,14 +61,17 @@ class SafetensorsDir:
         return set(self._file_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        with safe_open(self._file_of[name], framework="np") as handle:
+        with _open(self._file_of[name]) as handle:
             return tuple(handle.get_slice(name).get_shape())
 
     def get(self, name: str) -> np.ndarray:
         # Open per tensor: a file mapping kept open would count every page read so far as resident
         # memory, i.e. a second copy of the checkpoint by the end of an import.
-        with safe_open(self._file_of[name], framework="np") as handle:
-            return handle.get_tensor(name)
+        with _open(self._file_of[name]) as handle:
+            try:
+                return handle.get_tensor(name)
+            except SafetensorError as error:
+                raise ValueError(f"{self._file_of[name]}: cannot read tensor {name} ({error})") from error
 
 
 class DictSource:

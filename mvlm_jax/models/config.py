@@ -41,6 +41,9 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1  # kept for export (HF config, GGUF metadata); the model never reads them
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = 0
     dtype: ComputeDtype = "float32"  # compute dtype; parameters are always float32
     remat_policy: RematPolicy = "none"
     attention_impl: Literal["xla", "cudnn"] | None = None  # None: let JAX choose
@@ -111,12 +114,14 @@ class ProjectorConfig:
 
     `mlp2x_gelu`: Linear -> GELU -> Linear (LLaVA-1.5). `ldp`: the LDP builder of the paper's Table 9:
     an optional front MLP ([PW]x2), then one MobileNetV3 inverted-residual block [DW(s) PW] per entry of
-    `block_strides`. `ldpv2`: MLP, 2x2 average pool, PEG (depthwise conv added to its input).
+    `block_strides`. `ldpv2`: MLP, adaptive average pool to `pool_side` x `pool_side` (the official
+    AdaptiveAvgPool2d((12, 12)); a 2x2 mean on the 24x24 grid), PEG (depthwise conv added to its input).
     """
 
     type: Literal["mlp2x_gelu", "ldp", "ldpv2"] = "ldp"
     front_mlp: bool = True
     block_strides: tuple[int, ...] = (1, 2)
+    pool_side: int = 12
     dtype: ComputeDtype = "float32"
 
 
@@ -139,7 +144,7 @@ def projector_output_tokens(config: ProjectorConfig, num_input_tokens: int) -> i
     if side * side != num_input_tokens:
         raise ValueError(f"projector {config.type} needs a square token grid, got {num_input_tokens} tokens")
     if config.type == "ldpv2":
-        return (side // 2) ** 2
+        return config.pool_side**2
     for stride in config.block_strides:
         side = (side + stride - 1) // stride  # 3x3 conv, padding 1
     return side * side
@@ -165,7 +170,7 @@ PROJECTOR_PRESETS: dict[str, ProjectorConfig] = {
     "ldpv2": ProjectorConfig(type="ldpv2"),
     "ldp_no_front_pw": ProjectorConfig(type="ldp", front_mlp=False),  # [DW(s1) PW][DW(s2) PW]
     "ldp_downsample_first": ProjectorConfig(type="ldp", block_strides=(2, 1)),  # [DW(s2) PW][DW(s1) PW]
-    "ldp_3_blocks": ProjectorConfig(type="ldp", block_strides=(1, 1, 2)),  # three [DW PW] blocks, last one s2
+    "ldp_3_blocks": ProjectorConfig(type="ldp", block_strides=(1, 1, 1, 2)),  # [DW(s1) PW]x3 + [DW(s2) PW]
 }
 
 _NESTED = {"lora": LoraConfig, "vision": VisionConfig, "projector": ProjectorConfig, "llm": LlamaConfig}

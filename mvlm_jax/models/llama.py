@@ -134,8 +134,9 @@ class MobileLLaMA(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x, _ = self.layers(x, segment_causal_mask(segment_ids), positions)
         x = self.final_norm(x)
-        if cfg.tie_word_embeddings:
-            return self.embed_tokens.attend(x).astype(jnp.float32)
+        if cfg.tie_word_embeddings:  # accumulate in float32, like the untied head
+            table = self.embed_tokens.embedding.astype(x.dtype)
+            return jnp.einsum("bsd,vd->bsv", x, table, preferred_element_type=jnp.float32)
         return self.lm_head(x)
 
 

@@ -16,7 +16,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from einops import rearrange, reduce
+import numpy as np
+from einops import rearrange
 
 from mvlm_jax.models.config import ProjectorConfig
 from mvlm_jax.models.layers import ACTIVATIONS, DTYPES, LayerNorm, Linear, param_with_axes
@@ -34,6 +35,23 @@ def _square_grid(tokens: jax.Array) -> jax.Array:
     if side * side != tokens.shape[1]:
         raise ValueError(f"projector needs a square token grid, got {tokens.shape[1]} tokens")
     return rearrange(tokens, "b (h w) c -> b h w c", h=side)
+
+
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] averaging weights of torch's adaptive pooling: window i covers
+    floor(i * in / out) .. ceil((i + 1) * in / out)."""
+    weights = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(grid: jax.Array, side: int) -> jax.Array:
+    """AdaptiveAvgPool2d((side, side)): [batch, H, W, C] -> [batch, side, side, C], averaged in float32."""
+    rows = jnp.asarray(_adaptive_pool_matrix(grid.shape[1], side))
+    cols = jnp.asarray(_adaptive_pool_matrix(grid.shape[2], side))
+    return jnp.einsum("oh,pw,bhwc->bopc", rows, cols, grid.astype(jnp.float32)).astype(grid.dtype)
 
 
 def _depthwise_conv(name: str, channels: int, stride: int, use_bias: bool, dtype: jnp.dtype) -> nn.Conv:
@@ -99,9 +117,7 @@ class Projector(nn.Module):
             return MLP2xGELU(self.features, dtype, name="mlp")(tokens)
         if cfg.type == "ldpv2":
             grid = _square_grid(MLP2xGELU(self.features, dtype, name="mlp")(tokens))
-            if grid.shape[1] % 2:
-                raise ValueError(f"ldpv2 pools 2x2 and needs an even grid, got {grid.shape[1]}x{grid.shape[2]}")
-            pooled = reduce(grid.astype(jnp.float32), "b (h p) (w q) c -> b h w c", "mean", p=2, q=2).astype(dtype)
+            pooled = adaptive_avg_pool(grid, cfg.pool_side)
             grid = pooled + _depthwise_conv("peg", self.features, 1, True, dtype)(pooled)  # PEG: conv added to input
             return rearrange(grid, "b h w c -> b (h w) c")
         if cfg.type != "ldp":
