@@ -1,0 +1,105 @@
+"""The pretraining input pipeline (grain): windows over token shards, globally shuffled with a fixed seed
+(reshuffled per epoch from seed and epoch), mixed across sources by weight, sharded per process, packed
+into the batch contract, with worker processes and prefetch. Its iterator state restores exactly.
+
+Batch (per process): tokens, targets [batch, seq] int32; loss_mask [batch, seq] float32 (all ones: every
+token of pretraining is a target); segment_ids, positions [batch, seq] int32 (one segment per window, or
+with `reset_attention_at_eos` a new segment after each EOS so that attention and RoPE positions restart
+per document).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+from data_pipelines.token_source import TokenWindows
+
+# Paper Table 12: RedPajama v1 sampling ratios (%), "the same as LLaMA". They sum to 100.7 (LLaMA's
+# CommonCrawl share is 67.0); weights are normalised when used.
+REDPAJAMA_TABLE12 = {"arxiv": 2.5, "book": 4.5, "c4": 15.0, "common_crawl": 67.7, "github": 4.5,
+                     "stackexchange": 2.0, "wikipedia": 4.5}
+MIXTURE_PRESETS = {"redpajama_table12": REDPAJAMA_TABLE12}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainData:
+    sources: tuple[tuple[str, float], ...]  # (shard directory, sampling weight)
+    seq_len: int
+    batch_size: int  # global; each process gets batch_size / process_count
+    seed: int = 0
+    reset_attention_at_eos: bool = False
+    num_epochs: int | None = None  # None: repeat forever (training length is set by steps)
+    worker_count: int = 0  # grain worker processes; 0 reads in the main process
+    worker_buffer_size: int = 2
+    read_threads: int = 2
+
+
+def mixture(preset: str, shard_dirs: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
+    """(shard dir, weight) pairs of a named mixture; every part of the preset needs a directory."""
+    if preset not in MIXTURE_PRESETS:
+        raise ValueError(f"unknown mixture {preset!r}; expected one of {sorted(MIXTURE_PRESETS)}")
+    weights = MIXTURE_PRESETS[preset]
+    missing = sorted(set(weights) - set(shard_dirs))
+    if missing:
+        raise ValueError(f"mixture {preset}: no shard directory for {missing}")
+    return tuple((shard_dirs[name], weight) for name, weight in weights.items())
+
+
+def segments_from_eos(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """[seq] tokens -> (segment_ids, positions): a new segment starts after every EOS."""
+    seq = len(tokens)
+    after_eos = np.concatenate([[False], tokens[:-1] == eos_id])
+    segment_ids = (1 + np.cumsum(after_eos)).astype(np.int32)
+    starts = np.maximum.accumulate(np.where(after_eos, np.arange(seq), 0))
+    return segment_ids, (np.arange(seq) - starts).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowToExample:
+    """[seq + 1] window -> one example of the batch contract (a picklable transform for grain workers)."""
+
+    eos_id: int
+    reset_attention_at_eos: bool
+
+    def __call__(self, window: np.ndarray) -> dict[str, np.ndarray]:
+        tokens, targets = window[:-1], window[1:]
+        seq = len(tokens)
+        if self.reset_attention_at_eos:
+            segment_ids, positions = segments_from_eos(tokens, self.eos_id)
+        else:
+            segment_ids, positions = np.ones(seq, np.int32), np.arange(seq, dtype=np.int32)
+        return {"tokens": tokens, "targets": targets, "loss_mask": np.ones(seq, np.float32),
+                "segment_ids": segment_ids, "positions": positions}
+
+
+def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """The batched, prefetched stream of this process."""
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
+    if not config.sources:
+        raise ValueError("no pretraining sources")
+    windows = [TokenWindows(directory, config.seq_len) for directory, _ in config.sources]
+    eos_ids = {w.index["eos_id"] for w in windows}
+    tokenizers = {w.index["tokenizer"]["sha256"] for w in windows}
+    if len(eos_ids) > 1 or len(tokenizers) > 1:
+        raise ValueError(f"sources were tokenized with different tokenizers: {[str(w.shard_dir) for w in windows]}")
+    parts = [grain.MapDataset.source(w).shuffle(seed=(config.seed + 7919 * k) % 2**32).repeat(config.num_epochs)
+             for k, w in enumerate(windows)]
+    dataset = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=[w for _, w in config.sources])
+    dataset = dataset[process_index::process_count]
+    dataset = dataset.map(WindowToExample(eos_ids.pop(), config.reset_attention_at_eos))
+    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
+    stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2))
+    if config.worker_count:
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
+                                                                 per_worker_buffer_size=config.worker_buffer_size))
+    return stream
+
+
+def batch_hash(batch: Mapping[str, Any]) -> str:
+    """sha256 of a batch's token ids (metrics.jsonl `batch_hash`)."""
+    return hashlib.sha256(np.ascontiguousarray(batch["tokens"], np.int32).tobytes()).hexdigest()
