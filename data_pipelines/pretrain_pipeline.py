@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
+from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
 from data_pipelines.token_source import TokenWindows
 
 # Paper Table 12: RedPajama v1 sampling ratios (%), "the same as LLaMA". They sum to 100.7 (LLaMA's
@@ -33,9 +34,7 @@ class PretrainData:
     seed: int = 0
     reset_attention_at_eos: bool = False
     num_epochs: int | None = None  # None: repeat forever (training length is set by steps)
-    worker_count: int = 0  # grain worker processes; 0 reads in the main process
-    worker_buffer_size: int = 2
-    read_threads: int = 2
+    read: ReadOptions = ReadOptions()  # how it is read; not part of the order, free to change on resume
 
 
 def mixture(preset: str, shard_dirs: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
@@ -76,8 +75,8 @@ class WindowToExample:
                 "segment_ids": segment_ids, "positions": positions}
 
 
-def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """The batched, prefetched stream of this process."""
+def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process_count: int = 1) -> BatchStream:
+    """The batched, prefetched, resumable stream of this process."""
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
     if not config.sources:
@@ -93,11 +92,9 @@ def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process
     dataset = dataset[process_index::process_count]
     dataset = dataset.map(WindowToExample(eos_ids.pop(), config.reset_attention_at_eos))
     dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
-    stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2))
-    if config.worker_count:
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
-                                                                 per_worker_buffer_size=config.worker_buffer_size))
-    return stream
+    order = {**dataclasses.asdict(config), "read": None, "tokenizer": sorted(tokenizers),
+             "windows": [len(w) for w in windows]}
+    return BatchStream(dataset, config.read, fingerprint(order))
 
 
 def batch_hash(batch: Mapping[str, Any]) -> str:

@@ -1,0 +1,180 @@
+"""Tokenizer, token shards and the grain pretraining pipeline, including exact resume."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import zstandard
+
+from data_pipelines.pretrain_pipeline import (PretrainData, batch_hash, build_pretrain_dataset, mixture,
+                                              segments_from_eos)
+from data_pipelines.shards import main as shards_main
+from data_pipelines.shards import write_shards
+from data_pipelines.token_source import TokenWindows
+from data_pipelines.tokenizer import Tokenizer, train_tokenizer
+
+WORDS = "the a red blue green circle square triangle is on left right of and big small there are two three".split()
+
+
+def documents(seed: int, count: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, rng.integers(3, 30))) + f" {i}." for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs_a, docs_b, docs_c = documents(0, 400), documents(1, 300), documents(2, 200)
+    with open(root / "a.jsonl", "w") as handle:
+        for text in docs_a:
+            handle.write(json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n")
+    with gzip.open(root / "b.jsonl.gz", "wt") as handle:
+        for text in docs_b:
+            handle.write(json.dumps({"text": text}) + "\n")
+        handle.write("{not json\n")
+        handle.write(json.dumps({"title": "no text field"}) + "\n")
+    with open(root / "c.jsonl.zst", "wb") as raw:
+        raw.write(zstandard.ZstdCompressor().compress("".join(json.dumps({"text": t}) + "\n" for t in docs_c).encode()))
+    tokenizer = train_tokenizer(docs_a + docs_b + docs_c, 320, root / "tok.model")
+    return root, tokenizer, docs_a + docs_b + docs_c
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tmp_path_factory):
+    root, tokenizer, _ = corpus
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    write_shards([str(root / n) for n in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst")], tokenizer, out, workers=2,
+                 max_tokens_per_file=3000, progress=False)
+    return out
+
+
+def test_tokenizer_has_llama2_ids_and_byte_fallback(corpus):
+    _, tokenizer, _ = corpus
+    assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size) == (0, 1, 2, 320)
+    text = "red circle 2024 😀 ünïcode"
+    ids = tokenizer.encode(text, bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and tokenizer.decode(ids) == text  # byte fallback: lossless
+    assert 0 not in ids  # no unk: unseen characters become byte pieces
+    assert [tokenizer.piece(i) for i in tokenizer.encode("2024")][-4:] == ["2", "0", "2", "4"]  # digits split
+    assert Tokenizer(tokenizer.path).sha256 == tokenizer.sha256
+
+
+def test_shards_hold_every_document_then_eos_in_input_order(corpus, shards):
+    _, tokenizer, docs = corpus
+    index = json.loads((shards / "index.json").read_text())
+    assert index["dtype"] == "uint16" and index["tokenizer"]["sha256"] == tokenizer.sha256
+    assert len(index["files"]) > 3 and all(f["tokens"] <= 3000 for f in index["files"])
+    stream = np.concatenate([np.fromfile(shards / f["name"], np.uint16) for f in index["files"]])
+    expected = np.concatenate([tokenizer.encode(d) + [tokenizer.eos_id] for d in docs])
+    np.testing.assert_array_equal(stream, expected)
+    assert index["total_tokens"] == len(expected) and index["total_documents"] == len(docs)
+    assert index["sources"]["RedPajamaC4"]["documents"] == 400 and index["sources"]["b"]["documents"] == 300
+    assert index["skipped"] == {"malformed_json": 1, "missing_field": 1}  # counted, not silently dropped
+
+
+def test_rerun_skips_finished_inputs_and_redoes_broken_ones(corpus, shards, tmp_path):
+    root, tokenizer, _ = corpus
+    import shutil
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    index = json.loads((copy / "index.json").read_text())
+    mtimes = {f["name"]: os.stat(copy / f["name"]).st_mtime_ns for f in index["files"]}
+    broken = next(f["name"] for f in index["files"] if f["name"].startswith("part-00001-"))
+    (copy / broken).write_bytes(b"\0\0")  # truncated by a crash
+    inputs = [str(root / n) for n in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst")]
+    again = write_shards(inputs, tokenizer, copy, workers=1, max_tokens_per_file=3000, progress=False)
+    assert again["total_tokens"] == index["total_tokens"]
+    for name, mtime in mtimes.items():
+        unchanged = os.stat(copy / name).st_mtime_ns == mtime
+        assert unchanged == (not name.startswith("part-00001-")), name
+    assert os.path.getsize(copy / broken) > 2
+
+
+def test_shard_cli_refuses_a_directory_from_another_tokenizer(corpus, shards, tmp_path, capsys):
+    root, _, docs = corpus
+    other = train_tokenizer(docs[::-1], 300, tmp_path / "other.model")
+    code = shards_main(["--tokenizer", str(other.path), "--input", str(root / "a.jsonl"), "--out", str(shards),
+                        "--workers", "1"])
+    assert code == 1 and "part-00000.json" in capsys.readouterr().err
+
+
+def test_windows_run_across_document_and_file_boundaries(shards):
+    windows = TokenWindows(shards, 100)
+    index = windows.index
+    stream = np.concatenate([np.fromfile(shards / f["name"], np.uint16) for f in index["files"]]).astype(np.int32)
+    assert len(windows) == (len(stream) - 1) // 100
+    for i in (0, 1, 29, len(windows) - 1):  # window 29 spans the boundary at 3000 tokens
+        np.testing.assert_array_equal(windows[i], stream[i * 100:i * 100 + 101])
+
+
+def test_segments_restart_after_every_eos():
+    tokens = np.array([5, 6, 2, 7, 8, 9, 2, 2, 4])
+    segment_ids, positions = segments_from_eos(tokens, 2)
+    np.testing.assert_array_equal(segment_ids, [1, 1, 1, 2, 2, 2, 2, 3, 4])
+    np.testing.assert_array_equal(positions, [0, 1, 2, 0, 1, 2, 3, 0, 0])
+
+
+def config(shards, **overrides) -> PretrainData:
+    return PretrainData(**{"sources": ((str(shards), 1.0),), "seq_len": 32, "batch_size": 4, "seed": 3, **overrides})
+
+
+def test_batches_follow_the_contract(shards):
+    batch = next(iter(build_pretrain_dataset(config(shards, reset_attention_at_eos=True))))
+    assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
+        "tokens": ((4, 32), "int32"), "targets": ((4, 32), "int32"), "loss_mask": ((4, 32), "float32"),
+        "segment_ids": ((4, 32), "int32"), "positions": ((4, 32), "int32")}
+    np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
+    eos_rows, eos_cols = np.nonzero(batch["tokens"][:, :-1] == 2)
+    assert len(eos_rows) and all(batch["positions"][r, c + 1] == 0 for r, c in zip(eos_rows, eos_cols))
+
+
+def test_shuffle_is_seeded_global_and_reshuffled_per_epoch(shards):
+    windows = len(TokenWindows(shards, 32))
+    def first_tokens(cfg, steps):
+        return [tuple(b["tokens"][:, 0]) for _, b in zip(range(steps), build_pretrain_dataset(cfg))]
+    assert first_tokens(config(shards), 5) == first_tokens(config(shards), 5)
+    assert first_tokens(config(shards), 5) != first_tokens(config(shards, seed=4), 5)
+    two_epochs = config(shards, batch_size=1, num_epochs=2)
+    seen = [batch_hash(b) for b in build_pretrain_dataset(two_epochs)]
+    assert len(seen) == 2 * windows
+    assert sorted(seen[:windows]) == sorted(seen[windows:]) and seen[:windows] != seen[windows:]
+
+
+def test_processes_split_the_global_batch_without_overlap(shards):
+    single = [b["tokens"] for _, b in zip(range(4), build_pretrain_dataset(config(shards, batch_size=4)))]
+    halves = [[b["tokens"] for _, b in zip(range(4), build_pretrain_dataset(config(shards, batch_size=4), p, 2))]
+              for p in (0, 1)]
+    for step in range(4):
+        assert halves[0][step].shape == (2, 32)
+        rows = {r.tobytes() for h in halves for r in h[step]}
+        assert len(rows) == 4  # disjoint
+    all_single = {r.tobytes() for s in single for r in s}
+    assert {r.tobytes() for h in halves for s in h for r in s} == all_single
+
+
+def test_mixture_samples_sources_by_weight(corpus, shards, tmp_path):
+    root, tokenizer, _ = corpus
+    small = tmp_path / "small"
+    write_shards([str(root / "c.jsonl.zst")], tokenizer, small, workers=1, progress=False)
+    cfg = config(shards, sources=((str(shards), 0.75), (str(small), 0.25)), batch_size=1, seq_len=16)
+    small_windows = {w.tobytes() for w in (TokenWindows(small, 16)[i][:-1] for i in range(len(TokenWindows(small, 16))))}
+    draws = [b["tokens"][0].tobytes() in small_windows for _, b in zip(range(400), build_pretrain_dataset(cfg))]
+    assert abs(np.mean(draws) - 0.25) < 0.03
+    with pytest.raises(ValueError, match="no shard directory for"):
+        mixture("redpajama_table12", {"c4": str(small)})
+    assert len(mixture("redpajama_table12", dict.fromkeys(
+        ["arxiv", "book", "c4", "common_crawl", "github", "stackexchange", "wikipedia"], str(small)))) == 7
+
+
+@pytest.mark.parametrize("stop_at", [0, 3, 7, 11])
+def test_restored_iterator_continues_exactly(shards, stop_at):
+    cfg = config(shards, reset_attention_at_eos=True)
+    reference = [batch_hash(b) for _, b in zip(range(14), build_pretrain_dataset(cfg))]
+    iterator = iter(build_pretrain_dataset(cfg))
+    for _ in range(stop_at):
+        next(iterator)
+    state = iterator.get_state()  # JSON bytes: what a checkpoint stores
+    resumed = iter(build_pretrain_dataset(cfg))
+    resumed.set_state(state)
+    assert [batch_hash(next(resumed)) for _ in range(14 - stop_at)] == reference[stop_at:]
