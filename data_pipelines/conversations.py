@@ -1,0 +1,202 @@
+"""SFT and image-text pipelines: conversations -> template tokens + loss mask -> (packed) rows -> batches.
+
+Records are checked (data_pipelines.validate) and tokenized once, up front; skipped ones are counted and
+reported. Each epoch orders the examples by a permutation of (seed, epoch) and, with packing, fills rows
+greedily in that order (a row takes the next example while its tokens and images fit). Rows are random
+access (row r of epoch e), so the batched stream resumes exactly (data_pipelines.stream).
+
+Per example: ids with IMAGE_TOKEN widened to `num_visual_tokens` slots; inputs ids[:-1], targets ids[1:],
+loss mask target[1:]. Truncation rule: an example longer than seq_len is cut on the right to seq_len
+inputs when its image slots stay whole and at least one target token remains; otherwise it is skipped and
+counted as too_long.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from data_pipelines.records import Problem, Record
+from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
+from data_pipelines.templates import IMAGE_TOKEN, segments_for, tokenize
+from data_pipelines.tokenizer import Tokenizer
+from data_pipelines.validate import TOO_LONG, SkipReport, iter_valid, normalized_turns
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationData:
+    files: tuple[str, ...]
+    format: str = "sharegpt"  # or "llava"
+    template: str = "vicuna_v1"  # "plain" for VLM stage 1
+    tokenizer: str = ""
+    seq_len: int = 2048
+    batch_size: int = 8  # global
+    seed: int = 0
+    image_root: str | None = None
+    image_size: int = 336
+    pad_images: bool = True  # image_aspect_ratio "pad" (stage 2); stage 1 resizes and crops
+    num_visual_tokens: int = 0  # slots per image: 144 (LDP), 576 (MLP); 0 for text-only SFT
+    images_per_row: int = 1
+    pack: bool = True
+    truncate: bool = True
+    num_epochs: int | None = None
+    read: ReadOptions = ReadOptions()
+
+
+@dataclasses.dataclass
+class Examples:
+    ids: list[np.ndarray]  # widened ids, IMAGE_TOKEN in image slots
+    target: list[np.ndarray]
+    images: list[str | None]
+    report: SkipReport
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples:
+    examples = Examples([], [], [], SkipReport())
+    image_root = Path(config.image_root) if config.image_root else None
+    for path in config.files:
+        for record in iter_valid(path, config.format, examples.report, image_root):
+            image = record.data.get("image") if config.format == "llava" else None
+            tokenized = tokenize(tokenizer, segments_for(config.template, normalized_turns(record), image is not None))
+            ids, target = _widen(tokenized.ids, tokenized.target, config.num_visual_tokens)
+            fitted = _fit(ids, target, config)
+            if fitted is None:
+                examples.report.add(Problem(record.path, record.line, TOO_LONG,
+                                            f"{len(ids) - 1} tokens with images widened > seq_len {config.seq_len}"))
+                continue
+            examples.ids.append(fitted[0])
+            examples.target.append(fitted[1])
+            examples.images.append(image)
+    if examples.report.total:
+        print(f"skipped {examples.report.total} record(s), kept {len(examples)}:\n{examples.report.format()}",
+              file=sys.stderr)
+    if not len(examples):
+        raise ValueError(f"no usable examples in {list(config.files)}")
+    return examples
+
+
+def _widen(ids: np.ndarray, target: np.ndarray, num_visual_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    if not np.any(ids == IMAGE_TOKEN):
+        return ids, target
+    if num_visual_tokens <= 0:
+        raise ValueError("a sample has an image but num_visual_tokens is 0")
+    repeats = np.where(ids == IMAGE_TOKEN, num_visual_tokens, 1)
+    return np.repeat(ids, repeats), np.repeat(target, repeats)
+
+
+def _fit(ids: np.ndarray, target: np.ndarray, config: ConversationData) -> tuple[np.ndarray, np.ndarray] | None:
+    """Apply the truncation rule (module docstring); None means skip as too_long."""
+    if len(ids) - 1 <= config.seq_len:
+        return ids, target
+    if not config.truncate:
+        return None
+    ids, target = ids[:config.seq_len + 1], target[:config.seq_len + 1]
+    image_slots = np.flatnonzero(ids == IMAGE_TOKEN)
+    whole_images = not len(image_slots) or len(image_slots) % config.num_visual_tokens == 0 and ids[-1] != IMAGE_TOKEN
+    return (ids, target) if whole_images and target[1:].any() else None
+
+
+def pack_rows(lengths: np.ndarray, has_image: np.ndarray, order: np.ndarray, seq_len: int, images_per_row: int,
+              pack: bool) -> list[np.ndarray]:
+    """Greedy rows in `order`: a row takes the next example while its inputs and images fit."""
+    rows, current, used, images = [], [], 0, 0
+    for index in order:
+        length, image = int(lengths[index]), int(has_image[index])
+        if current and (not pack or used + length > seq_len or images + image > images_per_row):
+            rows.append(np.asarray(current))
+            current, used, images = [], 0, 0
+        current.append(index)
+        used += length
+        images += image
+    if current:
+        rows.append(np.asarray(current))
+    return rows
+
+
+class PackedRows:
+    """grain random-access source: row r of the epoch-ordered, packed stream as one example of the batch
+    contract (with `images` / `image_slots` when num_visual_tokens > 0)."""
+
+    def __init__(self, config: ConversationData, examples: Examples):
+        self.config, self.examples = config, examples
+        self.lengths = np.asarray([len(ids) - 1 for ids in examples.ids])
+        self.has_image = np.asarray([image is not None for image in examples.images])
+        self._epochs: list[list[np.ndarray]] = []
+        self._row_starts = [0]  # first global row of each computed epoch
+
+    def _epoch_rows(self, epoch: int) -> list[np.ndarray]:
+        while len(self._epochs) <= epoch:
+            e = len(self._epochs)
+            order = np.random.default_rng([self.config.seed, e]).permutation(len(self.lengths))
+            rows = pack_rows(self.lengths, self.has_image, order, self.config.seq_len, self.config.images_per_row,
+                             self.config.pack)
+            self._epochs.append(rows)
+            self._row_starts.append(self._row_starts[-1] + len(rows))
+        return self._epochs[epoch]
+
+    def __len__(self) -> int:
+        if self.config.num_epochs is None:
+            return sys.maxsize
+        self._epoch_rows(self.config.num_epochs - 1)
+        return self._row_starts[self.config.num_epochs]
+
+    def locate(self, row: int) -> np.ndarray:
+        """Example indices packed into global row `row`."""
+        epoch = 0
+        while True:
+            rows = self._epoch_rows(epoch)
+            if row < self._row_starts[epoch + 1]:
+                return rows[row - self._row_starts[epoch]]
+            epoch += 1
+
+    def __getitem__(self, row: int) -> dict[str, np.ndarray]:
+        from data_pipelines.images import preprocess_file  # PIL work stays in the worker processes
+
+        cfg, seq = self.config, self.config.seq_len
+        out = {"tokens": np.zeros(seq, np.int32), "targets": np.zeros(seq, np.int32),
+               "loss_mask": np.zeros(seq, np.float32), "segment_ids": np.zeros(seq, np.int32),
+               "positions": np.zeros(seq, np.int32)}
+        if cfg.num_visual_tokens:
+            out["images"] = np.zeros((cfg.images_per_row, cfg.image_size, cfg.image_size, 3), np.float32)
+            out["image_slots"] = np.full(cfg.images_per_row, -1, np.int32)
+        start, image_count = 0, 0
+        for segment, index in enumerate(self.locate(row), start=1):
+            ids, target = self.examples.ids[index], self.examples.target[index]
+            end = start + len(ids) - 1
+            inputs = ids[:-1]
+            out["tokens"][start:end] = np.where(inputs == IMAGE_TOKEN, 0, inputs)  # slots: embeddings go here
+            out["targets"][start:end] = np.maximum(ids[1:], 0)
+            out["loss_mask"][start:end] = target[1:]
+            out["segment_ids"][start:end] = segment
+            out["positions"][start:end] = np.arange(end - start)
+            if self.examples.images[index] is not None:
+                out["image_slots"][image_count] = start + int(np.argmax(inputs == IMAGE_TOKEN))
+                out["images"][image_count] = preprocess_file(Path(cfg.image_root or ".") / self.examples.images[index],
+                                                             cfg.image_size, pad=cfg.pad_images)
+                image_count += 1
+            start = end
+        return out
+
+
+def build_conversation_dataset(config: ConversationData, process_index: int = 0, process_count: int = 1,
+                               examples: Examples | None = None) -> BatchStream:
+    """The batched, resumable stream of this process for SFT or image-text training."""
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
+    tokenizer = Tokenizer(config.tokenizer)
+    examples = examples or prepare_examples(config, tokenizer)
+    rows = grain.MapDataset.source(PackedRows(config, examples))[process_index::process_count]
+    batches = rows.batch(config.batch_size // process_count, drop_remainder=True)
+    order = {**dataclasses.asdict(config), "read": None, "tokenizer": tokenizer.sha256, "examples": len(examples),
+             "tokens": int(sum(len(i) for i in examples.ids))}
+    return BatchStream(batches, config.read, fingerprint(order))
+
+
+__all__ = ["ConversationData", "Examples", "PackedRows", "Record", "build_conversation_dataset", "pack_rows",
+           "prepare_examples"]

@@ -1,0 +1,148 @@
+"""SFT and image-text pipelines on the embedded dataset: templates and loss masks, packing that never
+lets attention cross conversations (same per-token loss as unpacked), truncation, images, resume."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipelines.conversations import ConversationData, PackedRows, build_conversation_dataset, prepare_examples
+from data_pipelines.embedded import generate
+from data_pipelines.images import preprocess_file
+from data_pipelines.pretrain_pipeline import batch_hash
+from data_pipelines.templates import IMAGE_TOKEN, segments_for, tokenize
+from data_pipelines.tokenizer import Tokenizer, train_tokenizer
+from mvlm_jax.models import build_model, init_params
+from mvlm_jax.models.config import LlamaConfig
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embedded")
+    generate(root, seed=0, size="tiny", image_size=48)
+    texts = [json.loads(line)["text"] for line in (root / "corpus_train.jsonl").read_text().splitlines()]
+    for name in ("sharegpt_train.json", "llava_instruct_train.json"):
+        for record in json.loads((root / name).read_text()):
+            texts += [turn["value"] for turn in record["conversations"]]
+    tokenizer = train_tokenizer(texts + ["USER: ASSISTANT: A chat between a curious user"], 400, root / "tok.model")
+    return root, tokenizer
+
+
+def sft_config(root, tokenizer, **overrides):
+    return ConversationData(**{"files": (str(root / "sharegpt_train.json"),), "format": "sharegpt",
+                               "template": "vicuna_v1", "tokenizer": str(tokenizer.path), "seq_len": 256,
+                               "batch_size": 2, "seed": 1, **overrides})
+
+
+def test_vicuna_v1_targets_are_the_answers_and_their_eos(world):
+    _, tokenizer = world
+    turns = [{"from": "human", "value": "what is two plus two?"}, {"from": "gpt", "value": "four"},
+             {"from": "human", "value": "and three plus one?"}, {"from": "gpt", "value": "also four"}]
+    tokenized = tokenize(tokenizer, segments_for("vicuna_v1", turns, has_image=False))
+    ids, target = tokenized.ids, tokenized.target
+    assert ids[0] == tokenizer.bos_id and not target[0]
+    assert list(ids[target]).count(tokenizer.eos_id) == 2 and ids[-1] == tokenizer.eos_id and target[-1]
+    answer_text = tokenizer.decode([i for i in ids[target] if i != tokenizer.eos_id])
+    assert answer_text == "four also four"
+    prompt_text = tokenizer.decode(ids[~target])
+    assert prompt_text.startswith("A chat between a curious user") and prompt_text.count("ASSISTANT:") == 2
+    assert tokenizer.decode(ids).endswith("ASSISTANT: also four")
+
+
+def test_plain_template_targets_caption_and_newline(world):
+    _, tokenizer = world
+    turns = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a red circle"}]
+    tokenized = tokenize(tokenizer, segments_for("plain", turns, has_image=True))
+    assert list(tokenized.ids[:2]) == [tokenizer.bos_id, IMAGE_TOKEN] and not tokenized.target[:2].any()
+    assert tokenized.target[2:].all() and tokenizer.piece(tokenized.ids[-1]) == "<0x0A>"
+    assert tokenizer.decode(tokenized.ids[2:]) == "a red circle\n"
+
+
+def per_token_losses(params, model, batch):
+    logits = model.apply({"params": params}, jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]),
+                         jnp.asarray(batch["positions"]))
+    logp = jax.nn.log_softmax(logits, -1)
+    return -np.take_along_axis(np.asarray(logp), batch["targets"][..., None], -1)[..., 0]
+
+
+def test_packed_loss_per_answer_token_equals_unpacked(world):
+    root, tokenizer = world
+    packed_cfg = sft_config(root, tokenizer, seq_len=1024, batch_size=1)
+    examples = prepare_examples(packed_cfg, Tokenizer(tokenizer.path))
+    packed_rows = PackedRows(packed_cfg, examples)
+    row = next(r for r in range(50) if len(packed_rows.locate(r)) >= 3)
+    packed = {k: v[None] for k, v in packed_rows[row].items()}
+    assert packed["segment_ids"].max() >= 3
+
+    model_config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                               num_kv_heads=2, intermediate_size=64)
+    model, params = build_model(model_config), init_params(model_config, jax.random.key(0))
+    packed_losses = per_token_losses(params, model, packed)[0][packed["loss_mask"][0] > 0]
+
+    single_cfg = dataclasses.replace(packed_cfg, pack=False)
+    single_rows = PackedRows(single_cfg, examples)
+    alone = []
+    for index in packed_rows.locate(row):
+        position = next(r for r in range(len(examples)) if single_rows.locate(r)[0] == index)
+        single = {k: v[None] for k, v in single_rows[position].items()}
+        alone.append(per_token_losses(params, model, single)[0][single["loss_mask"][0] > 0])
+    np.testing.assert_allclose(packed_losses, np.concatenate(alone), atol=1e-5)
+
+
+def test_truncation_rule_and_too_long_is_counted(world, tmp_path):
+    root, tokenizer = world
+    long_answer = " ".join(["blue"] * 400)
+    records = [{"conversations": [{"from": "human", "value": "say blue"}, {"from": "gpt", "value": long_answer}]},
+               {"image": "train/000068.png",
+                "conversations": [{"from": "human", "value": "<image>\n" + " ".join(["why"] * 400)},
+                                  {"from": "gpt", "value": "because"}]}]
+    (tmp_path / "long.json").write_text(json.dumps(records))
+    cfg = ConversationData(files=(str(tmp_path / "long.json"),), format="llava", tokenizer=str(tokenizer.path),
+                           seq_len=200, batch_size=1, image_root=str(root / "images"), image_size=48,
+                           num_visual_tokens=9)
+    examples = prepare_examples(cfg, Tokenizer(tokenizer.path))
+    assert len(examples) == 1 and len(examples.ids[0]) == 201  # the long answer is cut to seq_len inputs
+    assert examples.target[0][-1] and not examples.target[0][:10].any()
+    assert examples.report.counts == {"too_long": 1}  # its question fills the row: no answer would remain
+    with pytest.raises(ValueError, match="no usable examples"):
+        prepare_examples(dataclasses.replace(cfg, truncate=False), Tokenizer(tokenizer.path))
+
+
+def test_image_text_rows_hold_images_at_their_slots_and_mix_text_only(world):
+    root, tokenizer = world
+    cfg = ConversationData(files=(str(root / "llava_instruct_train.json"),), format="llava", template="vicuna_v1",
+                           tokenizer=str(tokenizer.path), seq_len=320, batch_size=2, image_root=str(root / "images"),
+                           image_size=48, num_visual_tokens=9, images_per_row=2, seed=0)
+    examples = prepare_examples(cfg, Tokenizer(tokenizer.path))
+    rows = PackedRows(cfg, examples)
+    seen_two_images = seen_text_only = False
+    for r in range(30):
+        row, members = rows[r], rows.locate(r)
+        images = [examples.images[i] for i in members if examples.images[i] is not None]
+        assert row["images"].shape == (2, 48, 48, 3)
+        for k, name in enumerate(images):
+            slot = row["image_slots"][k]
+            assert (row["tokens"][slot:slot + 9] == 0).all() and not row["loss_mask"][slot - 1:slot + 9].any()
+            np.testing.assert_array_equal(row["images"][k], preprocess_file(root / "images" / name, 48, pad=True))
+        assert (row["image_slots"][len(images):] == -1).all() and not row["images"][len(images):].any()
+        seen_two_images |= len(images) == 2
+        seen_text_only |= any(examples.images[i] is None for i in members)
+    assert seen_two_images and seen_text_only
+
+
+def test_conversation_stream_resumes_exactly_and_reshuffles_per_epoch(world):
+    root, tokenizer = world
+    cfg = sft_config(root, tokenizer, batch_size=2)
+    reference = [batch_hash(next(s)) for s in [build_conversation_dataset(cfg)] for _ in range(12)]
+    stream = build_conversation_dataset(cfg)
+    for _ in range(5):
+        next(stream)
+    resumed = build_conversation_dataset(cfg)
+    resumed.set_state(stream.get_state())
+    assert [batch_hash(next(resumed)) for _ in range(7)] == reference[5:]
+    rows = PackedRows(cfg, prepare_examples(cfg, Tokenizer(tokenizer.path)))
+    first, second = rows._epoch_rows(0), rows._epoch_rows(1)
+    assert sorted(np.concatenate(first)) == sorted(np.concatenate(second))
+    assert [list(r) for r in first] != [list(r) for r in second]
