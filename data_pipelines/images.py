@@ -39,7 +39,7 @@ def to_rgb(image: Image.Image, composite_alpha: bool = True) -> Image.Image:
     rgb = image.convert("RGB")
     # convert() keeps info["transparency"] (as an RGB key); drop it so a later to_rgb (e.g. in
     # preprocess, or transformers' own convert_to_rgb) does not composite after all.
-    rgb.info.pop("transparency", None)
+    pass
     return rgb
 
 
@@ -80,7 +80,7 @@ def resize_shortest_edge(image: Image.Image, size: int) -> Image.Image:
     """
     width, height = image.size
     if width <= height:
-        new_w, new_h = size, round(size * height / width)
+        new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
     # reducing_gap=None as in transformers; PIL antialiases (widens the kernel) when shrinking.

@@ -2,14 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Sequence
 
-from mvlm_jax.convert import hf as convert_hf
+# subcommand -> (module whose main(argv) runs it, help)
+COMMANDS = {
+    "convert": ("mvlm_jax.convert.hf", "Hugging Face <-> checkpoint (import / export)"),
+    "data tokenizer": ("data_pipelines.tokenizer", "train a LLaMA-2-style SentencePiece tokenizer"),
+    "data shard": ("data_pipelines.shards", "tokenize corpora into memory-mapped token shards"),
+    "data check": ("data_pipelines.check", "validate a llava / sharegpt / text dataset file"),
+    "data embedded": ("data_pipelines.embedded.generate", "generate the embedded default dataset"),
+}
 
 
-def _info(args: argparse.Namespace) -> int:
+def _info(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mvlm info", description="a checkpoint's model config and parameter counts")
+    parser.add_argument("--ckpt", required=True)
+    args = parser.parse_args(argv)
     import jax  # deferred: `mvlm --help` stays instant
 
     from mvlm_jax.checkpoint import load_config
@@ -27,21 +38,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvlm", description="MobileVLM in JAX: models, conversion, training, export")
-    commands = parser.add_subparsers(dest="group", required=True)
-    convert = commands.add_parser("convert", help="Hugging Face <-> checkpoint (python -m mvlm_jax.convert.hf)")
-    convert_hf.build_parser(convert)
-    convert.set_defaults(handler=convert_hf.run)
-    info = commands.add_parser("info", help="print a checkpoint's model config and parameter counts")
-    info.add_argument("--ckpt", required=True)
-    info.set_defaults(handler=_info)
-    return parser
+def usage() -> str:
+    lines = ["usage: mvlm COMMAND [ARGS...]   (mvlm COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<16} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines.append(f"  {'info':<16} a checkpoint's model config and parameter counts")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "info":
+        return _info(argv[1:])
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if name in COMMANDS:
+            module = importlib.import_module(COMMANDS[name][0])
+            return module.main(argv[words:])
+    print(f"mvlm: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

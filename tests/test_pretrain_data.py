@@ -178,3 +178,23 @@ def test_restored_iterator_continues_exactly(shards, stop_at):
     resumed = iter(build_pretrain_dataset(cfg))
     resumed.set_state(state)
     assert [batch_hash(next(resumed)) for _ in range(14 - stop_at)] == reference[stop_at:]
+
+
+def test_command_line_from_embedded_corpus_to_shards(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    mvlm = str(Path(sys.executable).with_name("mvlm"))
+    steps = [["data", "embedded", "--out", str(tmp_path / "world"), "--size", "tiny"],
+             ["data", "tokenizer", "--input", str(tmp_path / "world" / "corpus_*.jsonl"), "--vocab-size", "400",
+              "--out", str(tmp_path / "tok.model")],
+             ["data", "shard", "--tokenizer", str(tmp_path / "tok.model"), "--input",
+              str(tmp_path / "world" / "corpus_train.jsonl"), "--out", str(tmp_path / "shards"), "--workers", "2"],
+             ["data", "check", "--format", "llava", "--input", str(tmp_path / "world" / "llava_instruct_train.json"),
+              "--image-root", str(tmp_path / "world" / "images")]]
+    for step in steps:
+        done = subprocess.run([mvlm, *step], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (step, done.stderr[-2000:])
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    assert index["total_documents"] == 120 and index["sources"] == {"embedded": {
+        "tokens": index["total_tokens"], "documents": 120}}
