@@ -39,7 +39,7 @@ def to_rgb(image: Image.Image, composite_alpha: bool = True) -> Image.Image:
     rgb = image.convert("RGB")
     # convert() keeps info["transparency"] (as an RGB key); drop it so a later to_rgb (e.g. in
     # preprocess, or transformers' own convert_to_rgb) does not composite after all.
-    pass
+    rgb.info.pop("transparency", None)
     return rgb
 
 

@@ -10,8 +10,9 @@ transformers = pytest.importorskip("transformers")
 from transformers.image_transforms import convert_to_rgb as hf_convert_to_rgb  # noqa: E402
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
 
-# (width, height): tiny, thin, odd differences, square, wide/tall extremes, larger photo-like.
-SHAPES = [(1, 1), (3, 5), (5, 3), (7, 300), (300, 7), (13, 8), (101, 96), (336, 336), (640, 480),
+# (width, height): tiny, thin, odd differences, square, wide/tall extremes, larger photo-like;
+# 96x101 makes size * long / short end in .5 / .75, so truncation vs rounding of the long edge shows.
+SHAPES = [(1, 1), (3, 5), (5, 3), (7, 300), (300, 7), (13, 8), (101, 96), (96, 101), (336, 336), (640, 480),
           (480, 640), (2000, 100), (100, 2000), (1200, 900)]
 SIZES = [336, 168, 48]
 
