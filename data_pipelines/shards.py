@@ -45,8 +45,11 @@ def _init_worker(tokenizer: Tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_chunk(texts: list[str]) -> list[list[int]]:
-    return _worker_tokenizer.encode_batch(texts)
+def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(all ids concatenated, per-document lengths): numpy pickles far faster than lists of ints."""
+    encoded = _worker_tokenizer.encode_batch(texts)
+    lengths = np.fromiter((len(ids) for ids in encoded), np.int64, len(encoded))
+    return np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum())), lengths
 
 
 def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -138,7 +141,7 @@ def write_shards(inputs: Sequence[str], tokenizer: Tokenizer, out_dir: str | os.
     return index
 
 
-def _encoded(chunks: Iterator[list[Document]], pool, in_flight: int) -> Iterator[tuple[list[Document], list]]:
+def _encoded(chunks: Iterator[list[Document]], pool, in_flight: int) -> Iterator[tuple[list[Document], tuple]]:
     """(chunk, token ids) in input order, with at most `in_flight` chunks queued in the pool: Pool.imap
     would read a whole multi-GB input ahead of the workers."""
     if pool is None:
@@ -163,9 +166,11 @@ def _tokenize_input(source: str, input_index: int, tokenizer: Tokenizer, out_dir
     sources: dict[str, dict[str, int]] = {}
     chunks = _chunks(iter_file_documents(source, report), CHUNK_DOCUMENTS)
     in_flight = 2 * (pool._processes if pool is not None else 1)
-    for chunk, ids_list in _encoded(chunks, pool, in_flight):
-        for document, ids in zip(chunk, ids_list):
-            full = np.asarray(([tokenizer.bos_id] if bos else []) + ids + [tokenizer.eos_id], np.int64)
+    prefix = np.asarray([tokenizer.bos_id] if bos else [], np.int32)
+    suffix = np.asarray([tokenizer.eos_id], np.int32)
+    for chunk, (flat_ids, lengths) in _encoded(chunks, pool, in_flight):
+        for document, ids in zip(chunk, np.split(flat_ids, np.cumsum(lengths)[:-1])):
+            full = np.concatenate([prefix, ids, suffix])
             writer.add(full)
             counts = sources.setdefault(document.source, {"tokens": 0, "documents": 0})
             counts["tokens"] += len(full)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grain
 
@@ -37,8 +37,12 @@ class BatchStream:
     """Iterates a batched grain MapDataset from batch `batches_consumed` on; get_state / set_state make it
     a grain-checkpointable iterator (grain.checkpoint.CheckpointSave / CheckpointRestore)."""
 
-    def __init__(self, batches: grain.MapDataset, read: ReadOptions, order_fingerprint: str):
+    def __init__(self, batches: grain.MapDataset, read: ReadOptions, order_fingerprint: str,
+                 finalize: Callable[[Any], dict] | None = None):
+        # `finalize` runs in this process on each batch: cheap vectorised expansion (e.g. windows into the
+        # batch contract) after the workers, so that less data crosses process boundaries.
         self.batches, self.read, self.order_fingerprint = batches, read, order_fingerprint
+        self.finalize = finalize
         self.batches_consumed = 0
         self._iterator: Iterator | None = None
 
@@ -58,7 +62,7 @@ class BatchStream:
             self._iterator = self._open()
         batch = next(self._iterator)
         self.batches_consumed += 1
-        return batch
+        return self.finalize(batch) if self.finalize is not None else batch
 
     def get_state(self) -> bytes:
         """JSON bytes, the form grain's orbax handler stores for a non-dataset iterator."""
