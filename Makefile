@@ -14,6 +14,7 @@ test:
 
 bench:
 	$(PY) -m bench.convert_memory --size 2.7b
+	$(PY) -m bench.data_throughput
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -27,7 +27,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="example file:line lines per reason in the --skip-bad report (default 5)")
     p.add_argument("--no-verify-images", action="store_true",
                    help="check that image files exist but do not decode them (faster)")
+    length = p.add_argument_group("length check (llava / sharegpt): samples longer than --seq-len are too_long")
+    length.add_argument("--tokenizer", type=Path, help="SentencePiece model the training run uses")
+    length.add_argument("--seq-len", type=int)
+    length.add_argument("--template", default="vicuna_v1", help="vicuna_v1 or plain")
+    length.add_argument("--num-visual-tokens", type=int, default=144, help="slots per image (144 LDP, 576 MLP)")
     return p
+
+
+def _token_counter(args: argparse.Namespace):
+    """Record -> input length as the pipeline builds it (template, images widened), or None."""
+    if args.seq_len is None or args.format == "text":
+        return None
+    if args.tokenizer is None:
+        raise ValueError("--seq-len needs --tokenizer")
+    from .conversations import tokenize_record
+    from .tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(args.tokenizer)
+    return lambda record: len(tokenize_record(record, tokenizer, args.format, args.template,
+                                              args.num_visual_tokens)[0]) - 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = SkipReport(args.max_examples)
     kept = items = n_problems = 0
     try:
-        checked = check_file(args.input, args.format, args.image_root, verify_images=not args.no_verify_images)
+        checked = check_file(args.input, args.format, args.image_root, verify_images=not args.no_verify_images,
+                             seq_len=args.seq_len, count_tokens=_token_counter(args))
         for _, problems in checked:
             items += 1
             if not problems:
@@ -60,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 n_problems += len(problems)
                 for problem in problems:
                     print(problem, file=err)
-    except (FileNotFoundError, IsADirectoryError, UnsupportedFileError) as e:
+    except (FileNotFoundError, IsADirectoryError, UnsupportedFileError, ValueError) as e:
         print(f"error: {e}", file=err)
         return 2
     except OSError as e:  # unreadable input (permissions, I/O error): not a data problem

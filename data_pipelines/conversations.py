@@ -57,14 +57,21 @@ class Examples:
         return len(self.ids)
 
 
+def tokenize_record(record: Record, tokenizer: Tokenizer, fmt: str, template: str,
+                    num_visual_tokens: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(widened ids, target mask, image path or None) of a checked record."""
+    image = record.data.get("image") if fmt == "llava" else None
+    tokenized = tokenize(tokenizer, segments_for(template, normalized_turns(record), image is not None))
+    return (*_widen(tokenized.ids, tokenized.target, num_visual_tokens), image)
+
+
 def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples:
     examples = Examples([], [], [], SkipReport())
     image_root = Path(config.image_root) if config.image_root else None
     for path in config.files:
         for record in iter_valid(path, config.format, examples.report, image_root):
-            image = record.data.get("image") if config.format == "llava" else None
-            tokenized = tokenize(tokenizer, segments_for(config.template, normalized_turns(record), image is not None))
-            ids, target = _widen(tokenized.ids, tokenized.target, config.num_visual_tokens)
+            ids, target, image = tokenize_record(record, tokenizer, config.format, config.template,
+                                                 config.num_visual_tokens)
             fitted = _fit(ids, target, config)
             if fitted is None:
                 examples.report.add(Problem(record.path, record.line, TOO_LONG,

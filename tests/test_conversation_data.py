@@ -146,3 +146,18 @@ def test_conversation_stream_resumes_exactly_and_reshuffles_per_epoch(world):
     first, second = rows._epoch_rows(0), rows._epoch_rows(1)
     assert sorted(np.concatenate(first)) == sorted(np.concatenate(second))
     assert [list(r) for r in first] != [list(r) for r in second]
+
+
+def test_check_cli_reports_samples_longer_than_seq_len(world, capsys):
+    from data_pipelines.check import main as check_main
+    root, tokenizer = world
+    args = ["--format", "sharegpt", "--input", str(root / "sharegpt_train.json"), "--tokenizer", str(tokenizer.path),
+            "--template", "vicuna_v1"]
+    assert check_main(args + ["--seq-len", "4096"]) == 0
+    capsys.readouterr()
+    assert check_main(args + ["--seq-len", "200"]) == 1
+    lines = [l for l in capsys.readouterr().err.splitlines() if ": too_long: " in l]
+    cfg = sft_config(root, tokenizer, seq_len=200, truncate=False)
+    lengths = [len(i) - 1 for i in prepare_examples(dataclasses.replace(cfg, seq_len=4096), Tokenizer(tokenizer.path)).ids]
+    assert len(lines) == sum(length > 200 for length in lengths) > 0
+    assert lines[0].startswith(f"{root / 'sharegpt_train.json'}:")
