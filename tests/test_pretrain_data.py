@@ -198,3 +198,23 @@ def test_command_line_from_embedded_corpus_to_shards(tmp_path):
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert index["total_documents"] == 120 and index["sources"] == {"embedded": {
         "tokens": index["total_tokens"], "documents": 120}}
+
+
+def test_tfds_inputs_go_through_tfds_data_source(corpus, tmp_path, monkeypatch):
+    """tensorflow-datasets is an optional extra and no dataset is prepared here: a stand-in module with
+    tfds's `data_source(name, split=...)` API checks how specs are parsed and records become documents."""
+    import sys
+    import types
+    _, tokenizer, docs = corpus
+    calls = []
+
+    def data_source(name, split):
+        calls.append((name, split))
+        return [{"text": docs[0].encode()}, {"text": docs[1]}]
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
+    index = write_shards(["tfds:c4/en:validation"], tokenizer, tmp_path / "tfds", workers=1, progress=False)
+    assert calls == [("c4/en", "validation")]
+    assert index["sources"] == {"c4": {"tokens": index["total_tokens"], "documents": 2}}
+    stream = np.fromfile(tmp_path / "tfds" / index["files"][0]["name"], np.uint16)
+    np.testing.assert_array_equal(stream, tokenizer.encode(docs[0]) + [2] + tokenizer.encode(docs[1]) + [2])
