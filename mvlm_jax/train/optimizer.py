@@ -1,0 +1,54 @@
+"""AdamW with a warmup-cosine schedule and global-norm clipping, over the trainable part only.
+
+Weight decay applies to weight matrices (kernels, embeddings, convolution kernels, LoRA factors) and not to
+biases or norm scales: HF Trainer's rule, which the SFT and VLM stages of the official code use
+(the pretraining code's rule is not published; we use the same).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import optax
+
+from mvlm_jax.train.partition import path_of
+
+NO_DECAY = (r"(^|/)bias$", r"(^|/)scale$", r"norm/", r"class_embedding$")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 3e-4  # peak
+    min_learning_rate: float = 3e-5  # end of the cosine
+    warmup_steps: int = 2000
+    total_steps: int = 100_000
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip_norm: float = 1.0
+
+
+def schedule(config: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0 to the peak, cosine down to the minimum at total_steps."""
+    warmup = min(config.warmup_steps, max(config.total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(config.total_steps, warmup + 1),
+                                              config.min_learning_rate)
+
+
+def decays(path: str) -> bool:
+    return not any(re.search(pattern, path) for pattern in NO_DECAY)
+
+
+def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(lambda key_path, _: decays(path_of(key_path)), params)
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    """Over the (nested) trainable part: clip, then AdamW with decay on matrices only."""
+    mask = decay_mask
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                    weight_decay=config.weight_decay, mask=mask))

@@ -1,0 +1,85 @@
+"""The train step: a pure function `step(state, batch) -> (state, metrics)` from a factory.
+
+Only the trainable part of the parameters is differentiated; the frozen part (the vision tower, a frozen
+LLM in VLM stage 1) enters as a constant, so no backward pass runs through it and it has no gradient or
+optimizer state. The loss is next-token cross-entropy in float32 over the target mask, averaged per target
+token of the whole global batch (gradient accumulation sums per-micro-batch sums, then divides once).
+A step whose loss or gradients are not finite leaves the state unchanged and reports `finite = False`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mvlm_jax.train.partition import merge
+
+State = dict[str, Any]  # {"trainable", "frozen", "opt_state", "step", "rng"}
+Batch = dict[str, jax.Array]
+
+
+def model_forward(model: nn.Module, params: Any, batch: Batch, rng: jax.Array) -> jax.Array:
+    """float32 logits [batch, seq, vocab] for an LLM batch or an image-text batch (it has `images`)."""
+    rngs = {"dropout": rng}
+    if "images" in batch:
+        return model.apply({"params": params}, batch["tokens"], batch["images"], batch["image_slots"],
+                           batch["segment_ids"], batch["positions"], rngs=rngs)
+    return model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"], rngs=rngs)
+
+
+def cross_entropy_sum(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token losses, number of target tokens), in float32."""
+    logits = logits.astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    mask = loss_mask.astype(jnp.float32)
+    return jnp.sum(token_loss * mask), jnp.sum(mask)
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    accumulation_steps: int = 1) -> Callable[[State, Batch], tuple[State, dict]]:
+    def loss_sum(trainable, frozen, batch, rng):
+        logits = model_forward(model, merge(trainable, frozen), batch, rng)
+        total, count = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
+        return total, count
+
+    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+    def step(state: State, batch: Batch) -> tuple[State, dict]:
+        rng, step_rng = jax.random.split(state["rng"])
+        micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:]),
+                             batch)
+
+        def accumulate(carry, inputs):
+            grads, total, count = carry
+            micro_batch, index = inputs
+            (micro_total, micro_count), micro_grads = grad_fn(state["trainable"], state["frozen"], micro_batch,
+                                                              jax.random.fold_in(step_rng, index))
+            return (jax.tree.map(jnp.add, grads, micro_grads), total + micro_total, count + micro_count), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state["trainable"])
+        (grads, total, count), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.float32(0)),
+                                                (micro, jnp.arange(accumulation_steps)))
+        denominator = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        loss = total / denominator
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {"trainable": keep(trainable, state["trainable"]), "frozen": state["frozen"],
+                     "opt_state": keep(opt_state, state["opt_state"]),
+                     "step": state["step"] + finite.astype(state["step"].dtype), "rng": rng}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
+                   "target_tokens": count, "finite": finite}
+        return new_state, metrics
+
+    return step
+
+
+def init_state(trainable: Any, frozen: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> State:
+    return {"trainable": trainable, "frozen": frozen, "opt_state": optimizer.init(trainable),
+            "step": jnp.zeros((), jnp.int32), "rng": rng}
