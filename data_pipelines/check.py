@@ -27,26 +27,34 @@ def _parser() -> argparse.ArgumentParser:
                    help="example file:line lines per reason in the --skip-bad report (default 5)")
     p.add_argument("--no-verify-images", action="store_true",
                    help="check that image files exist but do not decode them (faster)")
-    length = p.add_argument_group("length check (llava / sharegpt): samples longer than --seq-len are too_long")
+    length = p.add_argument_group("length check (llava / sharegpt): samples the pipeline would skip as too_long")
     length.add_argument("--tokenizer", type=Path, help="SentencePiece model the training run uses")
     length.add_argument("--seq-len", type=int)
     length.add_argument("--template", default="vicuna_v1", help="vicuna_v1 or plain")
     length.add_argument("--num-visual-tokens", type=int, default=144, help="slots per image (144 LDP, 576 MLP)")
+    length.add_argument("--no-truncate", action="store_true",
+                        help="report every sample longer than --seq-len (the pipeline's truncate=False)")
     return p
 
 
 def _token_counter(args: argparse.Namespace):
-    """Record -> input length as the pipeline builds it (template, images widened), or None."""
+    """Record -> its input length as the pipeline keeps it (truncated when the truncation rule allows),
+    so that exactly the records the pipeline skips are too_long; None without --seq-len."""
     if args.seq_len is None or args.format == "text":
         return None
     if args.tokenizer is None:
         raise ValueError("--seq-len needs --tokenizer")
-    from .conversations import tokenize_record
+    from .conversations import fit, tokenize_record, widened_length
     from .tokenizer import Tokenizer
 
     tokenizer = Tokenizer(args.tokenizer)
-    return lambda record: len(tokenize_record(record, tokenizer, args.format, args.template,
-                                              args.num_visual_tokens)[0]) - 1
+
+    def count(record) -> int:
+        ids, target, _ = tokenize_record(record, tokenizer, args.format, args.template)
+        kept = fit(ids, target, args.seq_len, args.num_visual_tokens, truncate=not args.no_truncate)
+        return widened_length(ids if kept is None else kept[0], args.num_visual_tokens)
+
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from data_pipelines.records import Problem, Record
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
 from data_pipelines.templates import IMAGE_TOKEN, segments_for, tokenize
-from data_pipelines.tokenizer import Tokenizer
+from data_pipelines.tokenizer import Tokenizer, file_sha256
 from data_pipelines.validate import TOO_LONG, SkipReport, iter_valid, normalized_turns
 
 
@@ -43,43 +43,52 @@ class ConversationData:
     pack: bool = True
     truncate: bool = True
     num_epochs: int | None = None
+    verify_images: bool = False  # decode every image up front; by default only existence (and path
+    # safety) is checked, and a corrupt file fails when its row is read, naming the file
     read: ReadOptions = ReadOptions()
 
 
 @dataclasses.dataclass
 class Examples:
-    ids: list[np.ndarray]  # widened ids, IMAGE_TOKEN in image slots
-    target: list[np.ndarray]
+    ids: list[np.ndarray]  # template ids, one IMAGE_TOKEN per image (widened when a row is built: a
+    target: list[np.ndarray]  # widened copy of mix665k at 576 slots would be GBs in every worker)
     images: list[str | None]
+    lengths: list[int]  # model inputs after widening: len(widened ids) - 1
     report: SkipReport
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def tokenize_record(record: Record, tokenizer: Tokenizer, fmt: str, template: str,
-                    num_visual_tokens: int) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """(widened ids, target mask, image path or None) of a checked record."""
+def tokenize_record(record: Record, tokenizer: Tokenizer, fmt: str, template: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(template ids with one IMAGE_TOKEN per image, target mask, image path or None) of a checked record."""
     image = record.data.get("image") if fmt == "llava" else None
     tokenized = tokenize(tokenizer, segments_for(template, normalized_turns(record), image is not None))
-    return (*_widen(tokenized.ids, tokenized.target, num_visual_tokens), image)
+    return tokenized.ids, tokenized.target, image
+
+
+def widened_length(ids: np.ndarray, num_visual_tokens: int) -> int:
+    """Model inputs of an example once every image takes num_visual_tokens positions."""
+    return len(ids) - 1 + int(np.sum(ids == IMAGE_TOKEN)) * (num_visual_tokens - 1)
 
 
 def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples:
-    examples = Examples([], [], [], SkipReport())
+    examples = Examples([], [], [], [], SkipReport())
     image_root = Path(config.image_root) if config.image_root else None
     for path in config.files:
-        for record in iter_valid(path, config.format, examples.report, image_root):
-            ids, target, image = tokenize_record(record, tokenizer, config.format, config.template,
-                                                 config.num_visual_tokens)
-            fitted = _fit(ids, target, config)
+        for record in iter_valid(path, config.format, examples.report, image_root, verify_images=config.verify_images):
+            ids, target, image = tokenize_record(record, tokenizer, config.format, config.template)
+            if image is not None and config.num_visual_tokens <= 0:
+                raise ValueError(f"{record.path}:{record.line}: a sample has an image but num_visual_tokens is 0")
+            fitted = fit(ids, target, config.seq_len, config.num_visual_tokens, config.truncate)
             if fitted is None:
-                examples.report.add(Problem(record.path, record.line, TOO_LONG,
-                                            f"{len(ids) - 1} tokens with images widened > seq_len {config.seq_len}"))
+                examples.report.add(Problem(record.path, record.line, TOO_LONG, f"{widened_length(ids, config.num_visual_tokens)}"
+                                            f" tokens with images widened > seq_len {config.seq_len}"))
                 continue
             examples.ids.append(fitted[0])
             examples.target.append(fitted[1])
             examples.images.append(image)
+            examples.lengths.append(widened_length(fitted[0], config.num_visual_tokens))
     if examples.report.total:
         print(f"skipped {examples.report.total} record(s), kept {len(examples)}:\n{examples.report.format()}",
               file=sys.stderr)
@@ -88,25 +97,23 @@ def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples
     return examples
 
 
-def _widen(ids: np.ndarray, target: np.ndarray, num_visual_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    if not np.any(ids == IMAGE_TOKEN):
-        return ids, target
-    if num_visual_tokens <= 0:
-        raise ValueError("a sample has an image but num_visual_tokens is 0")
+def widen(ids: np.ndarray, target: np.ndarray, num_visual_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     repeats = np.where(ids == IMAGE_TOKEN, num_visual_tokens, 1)
     return np.repeat(ids, repeats), np.repeat(target, repeats)
 
 
-def _fit(ids: np.ndarray, target: np.ndarray, config: ConversationData) -> tuple[np.ndarray, np.ndarray] | None:
-    """Apply the truncation rule (module docstring); None means skip as too_long."""
-    if len(ids) - 1 <= config.seq_len:
+def fit(ids: np.ndarray, target: np.ndarray, seq_len: int, num_visual_tokens: int,
+        truncate: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """The truncation rule (module docstring) on template ids; None means skip as too_long."""
+    if widened_length(ids, num_visual_tokens) <= seq_len:
         return ids, target
-    if not config.truncate:
+    if not truncate:
         return None
-    ids, target = ids[:config.seq_len + 1], target[:config.seq_len + 1]
-    image_slots = np.flatnonzero(ids == IMAGE_TOKEN)
-    whole_images = not len(image_slots) or len(image_slots) % config.num_visual_tokens == 0 and ids[-1] != IMAGE_TOKEN
-    return (ids, target) if whole_images and target[1:].any() else None
+    ends = np.cumsum(np.where(ids == IMAGE_TOKEN, num_visual_tokens, 1))  # widened end of each id
+    keep = int(np.searchsorted(ends, seq_len + 1, side="right"))  # ids wholly inside seq_len + 1
+    ids_kept, target_kept = ids[:keep], target[:keep]
+    images_whole = int(np.sum(ids_kept == IMAGE_TOKEN)) == int(np.sum(ids == IMAGE_TOKEN)) and ids_kept[-1] != IMAGE_TOKEN
+    return (ids_kept, target_kept) if images_whole and target_kept[1:].any() else None
 
 
 def pack_rows(lengths: np.ndarray, has_image: np.ndarray, order: np.ndarray, seq_len: int, images_per_row: int,
@@ -132,7 +139,7 @@ class PackedRows:
 
     def __init__(self, config: ConversationData, examples: Examples):
         self.config, self.examples = config, examples
-        self.lengths = np.asarray([len(ids) - 1 for ids in examples.ids])
+        self.lengths = np.asarray(examples.lengths)
         self.has_image = np.asarray([image is not None for image in examples.images])
         self._epochs: list[list[np.ndarray]] = []
         self._row_starts = [0]  # first global row of each computed epoch
@@ -174,7 +181,7 @@ class PackedRows:
             out["image_slots"] = np.full(cfg.images_per_row, -1, np.int32)
         start, image_count = 0, 0
         for segment, index in enumerate(self.locate(row), start=1):
-            ids, target = self.examples.ids[index], self.examples.target[index]
+            ids, target = widen(self.examples.ids[index], self.examples.target[index], cfg.num_visual_tokens)
             end = start + len(ids) - 1
             inputs = ids[:-1]
             out["tokens"][start:end] = np.where(inputs == IMAGE_TOKEN, 0, inputs)  # slots: embeddings go here
@@ -198,10 +205,14 @@ def build_conversation_dataset(config: ConversationData, process_index: int = 0,
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
     tokenizer = Tokenizer(config.tokenizer)
     examples = examples or prepare_examples(config, tokenizer)
-    rows = grain.MapDataset.source(PackedRows(config, examples))[process_index::process_count]
-    batches = rows.batch(config.batch_size // process_count, drop_remainder=True)
-    order = {**dataclasses.asdict(config), "read": None, "tokenizer": tokenizer.sha256, "examples": len(examples),
-             "tokens": int(sum(len(i) for i in examples.ids))}
+    rows = grain.MapDataset.source(PackedRows(config, examples))
+    if config.num_epochs is not None:  # whole global batches only, so every process runs the same steps
+        rows = rows[:len(rows) // config.batch_size * config.batch_size]
+    batches = rows[process_index::process_count].batch(config.batch_size // process_count, drop_remainder=True)
+    # What decides the order, by content (paths may move; image size and padding do not change it).
+    order = {"files": [file_sha256(path) for path in config.files], "tokenizer": tokenizer.sha256,
+             **{key: getattr(config, key) for key in ("format", "template", "seq_len", "batch_size", "seed",
+                                                      "num_visual_tokens", "images_per_row", "pack", "truncate")}}
     return BatchStream(batches, config.read, fingerprint(order))
 
 

@@ -126,5 +126,6 @@ def preprocess(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
 
 
 def preprocess_file(path: str | os.PathLike, size: int, pad: bool = True) -> np.ndarray:
-    """load_image + preprocess: path -> float32 [size, size, 3]."""
-    return preprocess(load_image(path), size, pad)
+    """path -> float32 [size, size, 3] as the official training code reads images:
+    `Image.open(path).convert('RGB')` (transparency dropped, not composited), then the processor."""
+    return preprocess(load_image(path, composite_alpha=False), size, pad)

@@ -83,18 +83,27 @@ def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
     if not config.sources:
         raise ValueError("no pretraining sources")
+    if config.num_epochs is not None and len(config.sources) > 1:
+        # grain's mixture ends when its relatively smallest source does: "epochs" would be ill-defined.
+        raise ValueError("num_epochs applies to a single source; train a mixture by steps (num_epochs None)")
     windows = [TokenWindows(directory, config.seq_len) for directory, _ in config.sources]
     eos_ids = {w.index["eos_id"] for w in windows}
     tokenizers = {w.index["tokenizer"]["sha256"] for w in windows}
     if len(eos_ids) > 1 or len(tokenizers) > 1:
         raise ValueError(f"sources were tokenized with different tokenizers: {[str(w.shard_dir) for w in windows]}")
-    parts = [grain.MapDataset.source(w).shuffle(seed=(config.seed + 7919 * k) % 2**32).repeat(config.num_epochs)
-             for k, w in enumerate(windows)]
+    # Hashed seeds: grain reshuffles epoch e with seed + e, so plain seeds would make (seed s, epoch 1)
+    # replay (seed s + 1, epoch 0).
+    parts = [grain.MapDataset.source(w).shuffle(seed=int(np.random.SeedSequence([config.seed, k]).generate_state(1)[0]))
+             .repeat(config.num_epochs) for k, w in enumerate(windows)]
     dataset = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=[w for _, w in config.sources])
+    if config.num_epochs is not None:  # whole global batches only, so every process runs the same steps
+        dataset = dataset[:len(dataset) // config.batch_size * config.batch_size]
     dataset = dataset[process_index::process_count]
     dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
-    order = {**dataclasses.asdict(config), "read": None, "tokenizer": sorted(tokenizers),
-             "windows": [len(w) for w in windows]}
+    # What decides the order, by content (moving a shard directory keeps a checkpoint valid).
+    order = {"seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
+             "sources": [(weight, w.index["tokenizer"]["sha256"], [f["tokens"] for f in w.index["files"]])
+                         for (_, weight), w in zip(config.sources, windows)]}
     return BatchStream(dataset, config.read, fingerprint(order), WindowsToBatch(eos_ids.pop(), config.reset_attention_at_eos))
 
 

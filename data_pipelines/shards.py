@@ -3,16 +3,19 @@
   python -m data_pipelines.shards --tokenizer tok.model --input 'redpajama/*.jsonl.zst' --out SHARD_DIR [--workers N]
   (also `mvlm data shard ...`)
 
-Each input file becomes one or more `part-IIIII-KKKK.bin` files (raw token ids, uint16 when the vocabulary
-fits, else uint32; an EOS after every document; at most `--max-tokens-per-file` tokens each) and a
-`part-IIIII.json` manifest written last. Files are written under temporary names and renamed when
-complete; a re-run skips every input whose manifest and files are complete. `index.json` sums it all up:
-token counts, dtype, tokenizer hash, sources, skipped records.
+Each input becomes one or more `part-KEY-NNNN.bin` files (raw token ids, uint16 when the vocabulary
+fits, else uint32; an EOS after every document; at most `--max-tokens-per-file` tokens each, a longer
+document continuing in the next file) and a `part-KEY.json` manifest written last. KEY is a hash of the
+input's absolute path, so inputs can be added, reordered or re-spelled between runs. Files are written
+under temporary names and renamed when complete; a re-run skips every input whose manifest matches (same
+tokenizer, BOS choice, dtype, input size and mtime) and whose files are complete, and redoes the others.
+`index.json` sums it all up in input order: token counts, dtype, tokenizer hash, sources, skipped records.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -59,25 +62,34 @@ def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]
 
 
 class _PartWriter:
-    """Appends documents to bounded .bin files of one input, each renamed into place when full."""
+    """Appends documents to bounded .bin files of one input, each renamed into place when full. A document
+    starts a new file when it does not fit the current one; one longer than a whole file is split (the
+    stream is read as one sequence, so nothing depends on where files end). `documents` counts the
+    documents that start in a file."""
 
-    def __init__(self, out_dir: Path, input_index: int, dtype: np.dtype, max_tokens: int):
-        self.out_dir, self.input_index, self.dtype, self.max_tokens = out_dir, input_index, dtype, max_tokens
+    def __init__(self, out_dir: Path, key: str, dtype: np.dtype, max_tokens: int):
+        self.out_dir, self.key, self.dtype, self.max_tokens = out_dir, key, dtype, max_tokens
         self.files: list[dict] = []
         self._handle = None
 
     def _open(self) -> None:
-        name = f"part-{self.input_index:05d}-{len(self.files):04d}.bin"
+        self.close()
+        name = f"part-{self.key}-{len(self.files):04d}.bin"
         self.files.append({"name": name, "tokens": 0, "documents": 0})
         self._handle = open(self.out_dir / f".{name}.partial", "wb")
 
     def add(self, ids: np.ndarray) -> None:
-        if self._handle is None or (self.files[-1]["tokens"] and self.files[-1]["tokens"] + len(ids) > self.max_tokens):
-            self.close()
+        room = self.max_tokens - self.files[-1]["tokens"] if self._handle is not None else 0
+        if room < len(ids) and (room < self.max_tokens or self._handle is None):
             self._open()
-        self._handle.write(ids.astype(self.dtype).tobytes())
-        self.files[-1]["tokens"] += len(ids)
         self.files[-1]["documents"] += 1
+        while len(ids):
+            if self.files[-1]["tokens"] == self.max_tokens:
+                self._open()
+            take = min(len(ids), self.max_tokens - self.files[-1]["tokens"])
+            self._handle.write(ids[:take].astype(self.dtype).tobytes())
+            self.files[-1]["tokens"] += take
+            ids = ids[take:]
 
     def close(self) -> None:
         if self._handle is not None:
@@ -87,19 +99,28 @@ class _PartWriter:
             self._handle = None
 
 
-def _manifest_path(out_dir: Path, input_index: int) -> Path:
-    return out_dir / f"part-{input_index:05d}.json"
+def input_key(source: str) -> str:
+    """Stable name of an input: a hash of its absolute path (tfds specs as written)."""
+    identity = source if source.startswith("tfds:") else str(Path(source).absolute())
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def _complete(out_dir: Path, input_index: int, source: str, tokenizer: Tokenizer, dtype: np.dtype) -> dict | None:
-    """The manifest of an input that a previous run finished, or None."""
-    path = _manifest_path(out_dir, input_index)
+def _identity(source: str, tokenizer: Tokenizer, dtype: np.dtype, bos: bool) -> dict:
+    """What must match for a previous run's output of this input to be reused."""
+    stat = None if source.startswith("tfds:") else os.stat(source)
+    return {"input": source, "tokenizer_sha256": tokenizer.sha256, "dtype": dtype.name, "bos": bos,
+            "input_bytes": stat.st_size if stat else None, "input_mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def _complete(out_dir: Path, identity: dict) -> dict | None:
+    """The manifest of an input that a previous run finished with the same identity, or None (redo)."""
+    path = out_dir / f"part-{input_key(identity['input'])}.json"
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    if manifest["input"] != source or manifest["tokenizer_sha256"] != tokenizer.sha256:
-        raise ValueError(f"{path}: written from {manifest['input']} with tokenizer {manifest['tokenizer_sha256'][:12]}, "
-                         f"not {source} with {tokenizer.sha256[:12]}; use a fresh --out")
+    if any(manifest.get(key) != value for key, value in identity.items() if key != "input"):
+        return None
+    dtype = np.dtype(identity["dtype"])
     for file in manifest["files"]:
         if not (out_dir / file["name"]).is_file() or (out_dir / file["name"]).stat().st_size != file["tokens"] * dtype.itemsize:
             return None
@@ -125,11 +146,11 @@ def write_shards(inputs: Sequence[str], tokenizer: Tokenizer, out_dir: str | os.
         _init_worker(tokenizer)
     bar = tqdm(unit="doc", disable=None if progress is None else not progress, desc="tokenizing")
     try:
-        for input_index, source in enumerate(inputs):
-            manifest = _complete(out_dir, input_index, source, tokenizer, dtype)
+        for source in inputs:
+            identity = _identity(source, tokenizer, dtype, bos)
+            manifest = _complete(out_dir, identity)
             if manifest is None:
-                manifest = _tokenize_input(source, input_index, tokenizer, out_dir, dtype, max_tokens_per_file,
-                                           bos, pool, bar)
+                manifest = _tokenize_input(identity, tokenizer, out_dir, max_tokens_per_file, pool, bar)
             manifests.append(manifest)
     finally:
         bar.close()
@@ -159,10 +180,10 @@ def _encoded(chunks: Iterator[list[Document]], pool, in_flight: int) -> Iterator
         yield done, result.get()
 
 
-def _tokenize_input(source: str, input_index: int, tokenizer: Tokenizer, out_dir: Path, dtype: np.dtype,
-                    max_tokens: int, bos: bool, pool, bar: tqdm) -> dict:
+def _tokenize_input(identity: dict, tokenizer: Tokenizer, out_dir: Path, max_tokens: int, pool, bar: tqdm) -> dict:
+    source, bos = identity["input"], identity["bos"]
     report = SkipReport()
-    writer = _PartWriter(out_dir, input_index, dtype, max_tokens)
+    writer = _PartWriter(out_dir, input_key(source), np.dtype(identity["dtype"]), max_tokens)
     sources: dict[str, dict[str, int]] = {}
     chunks = _chunks(iter_file_documents(source, report), CHUNK_DOCUMENTS)
     in_flight = 2 * (pool._processes if pool is not None else 1)
@@ -179,9 +200,8 @@ def _tokenize_input(source: str, input_index: int, tokenizer: Tokenizer, out_dir
     writer.close()
     if report.total:
         print(f"{source}: skipped {report.total} record(s)\n{report.format()}", file=sys.stderr)
-    manifest = {"input": source, "tokenizer_sha256": tokenizer.sha256, "files": writer.files, "sources": sources,
-                "skipped": report.as_dict()}
-    _write_json(_manifest_path(out_dir, input_index), manifest)
+    manifest = {**identity, "files": writer.files, "sources": sources, "skipped": report.as_dict()}
+    _write_json(out_dir / f"part-{input_key(source)}.json", manifest)
     return manifest
 
 

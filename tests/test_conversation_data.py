@@ -148,16 +148,33 @@ def test_conversation_stream_resumes_exactly_and_reshuffles_per_epoch(world):
     assert [list(r) for r in first] != [list(r) for r in second]
 
 
-def test_check_cli_reports_samples_longer_than_seq_len(world, capsys):
+def test_check_cli_reports_exactly_what_the_pipeline_skips(world, capsys):
     from data_pipelines.check import main as check_main
     root, tokenizer = world
     args = ["--format", "sharegpt", "--input", str(root / "sharegpt_train.json"), "--tokenizer", str(tokenizer.path),
-            "--template", "vicuna_v1"]
-    assert check_main(args + ["--seq-len", "4096"]) == 0
-    capsys.readouterr()
-    assert check_main(args + ["--seq-len", "200"]) == 1
-    lines = [l for l in capsys.readouterr().err.splitlines() if ": too_long: " in l]
-    cfg = sft_config(root, tokenizer, seq_len=200, truncate=False)
-    lengths = [len(i) - 1 for i in prepare_examples(dataclasses.replace(cfg, seq_len=4096), Tokenizer(tokenizer.path)).ids]
-    assert len(lines) == sum(length > 200 for length in lengths) > 0
-    assert lines[0].startswith(f"{root / 'sharegpt_train.json'}:")
+            "--template", "vicuna_v1", "--seq-len", "160"]
+    lengths = [l for l in prepare_examples(sft_config(root, tokenizer, seq_len=4096), Tokenizer(tokenizer.path)).lengths]
+    for extra, truncate in (([], True), (["--no-truncate"], False)):
+        capsys.readouterr()  # drop the pipeline's own report printed above
+        code = check_main(args + extra)
+        lines = [l for l in capsys.readouterr().err.splitlines() if ": too_long: " in l]
+        try:
+            skipped = prepare_examples(sft_config(root, tokenizer, seq_len=160, truncate=truncate),
+                                       Tokenizer(tokenizer.path)).report.counts.get("too_long", 0)
+        except ValueError:  # nothing left at all
+            skipped = len(lengths)
+        assert len(lines) == skipped and code == (1 if skipped else 0)
+        assert not lines or lines[0].startswith(f"{root / 'sharegpt_train.json'}:")
+    assert sum(length > 160 for length in lengths) > 0  # the case is exercised
+
+
+def test_truncation_rule_keeps_images_whole():
+    from data_pipelines.conversations import fit
+    ids = np.array([1, 5, IMAGE_TOKEN, 6, 7, 8, 9, 10, 11], np.int32)  # widened with 4 slots: 12 ids, 11 inputs
+    target = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    assert fit(ids, target, 11, 4)[0] is ids  # fits as is
+    kept = fit(ids, target, 9, 4)  # cut after text: image whole, a target remains
+    assert list(kept[0]) == [1, 5, IMAGE_TOKEN, 6, 7, 8, 9] and kept[1][-1]
+    assert fit(ids, target, 4, 4) is None  # the cut would fall inside the image slots
+    assert fit(ids, target, 6, 4) is None  # image whole but no target left
+    assert fit(ids, target, 9, 4, truncate=False) is None

@@ -5,7 +5,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -189,21 +188,13 @@ def test_rerun_is_skipped_and_a_damaged_set_is_rebuilt(tmp_path):
     path = emb.generate(out, seed=3, size="tiny")
     files = sorted(p for p in out.rglob("*") if p.is_file())
     mtimes = [p.stat().st_mtime_ns for p in files]
-    start = time.perf_counter()
     assert emb.generate(out, seed=3, size="tiny") == path
-    assert time.perf_counter() - start < 1.0
-    assert [p.stat().st_mtime_ns for p in files] == mtimes
+    assert [p.stat().st_mtime_ns for p in files] == mtimes  # nothing rewritten
     victim = out / "llava_caption_val.json"
     original = victim.read_bytes()
     victim.write_text("[]")
     emb.generate(out, seed=3, size="tiny")
     assert victim.read_bytes() == original and not list(out.rglob(".*tmp*"))
-
-
-def test_tiny_generates_fast(tmp_path):
-    start = time.perf_counter()
-    emb.generate(tmp_path / "t", seed=5, size="tiny")
-    assert time.perf_counter() - start < 5.0
 
 
 def test_cli_matches_the_function(tmp_path, tiny):

@@ -57,7 +57,8 @@ def test_tokenizer_has_llama2_ids_and_byte_fallback(corpus):
     assert ids[0] == 1 and ids[-1] == 2 and tokenizer.decode(ids) == text  # byte fallback: lossless
     assert 0 not in ids  # no unk: unseen characters become byte pieces
     assert [tokenizer.piece(i) for i in tokenizer.encode("2024")][-4:] == ["2", "0", "2", "4"]  # digits split
-    assert Tokenizer(tokenizer.path).sha256 == tokenizer.sha256
+    import hashlib
+    assert tokenizer.sha256 == hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
 
 
 def test_shards_hold_every_document_then_eos_in_input_order(corpus, shards):
@@ -73,30 +74,59 @@ def test_shards_hold_every_document_then_eos_in_input_order(corpus, shards):
     assert index["skipped"] == {"malformed_json": 1, "missing_field": 1}  # counted, not silently dropped
 
 
-def test_rerun_skips_finished_inputs_and_redoes_broken_ones(corpus, shards, tmp_path):
-    root, tokenizer, _ = corpus
+def test_rerun_skips_finished_inputs_and_redoes_broken_or_changed_ones(corpus, shards, tmp_path):
+    root, tokenizer, docs = corpus
     import shutil
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
     index = json.loads((copy / "index.json").read_text())
     mtimes = {f["name"]: os.stat(copy / f["name"]).st_mtime_ns for f in index["files"]}
-    broken = next(f["name"] for f in index["files"] if f["name"].startswith("part-00001-"))
+    of_b = {f["name"] for f in index["files"] if f["input"].endswith("b.jsonl.gz")}
+    broken = sorted(of_b)[0]
     (copy / broken).write_bytes(b"\0\0")  # truncated by a crash
     inputs = [str(root / n) for n in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst")]
     again = write_shards(inputs, tokenizer, copy, workers=1, max_tokens_per_file=3000, progress=False)
     assert again["total_tokens"] == index["total_tokens"]
     for name, mtime in mtimes.items():
-        unchanged = os.stat(copy / name).st_mtime_ns == mtime
-        assert unchanged == (not name.startswith("part-00001-")), name
+        assert (os.stat(copy / name).st_mtime_ns == mtime) == (name not in of_b), name
     assert os.path.getsize(copy / broken) > 2
 
+    # A grown input list (the new file sorts between the others) keeps the finished inputs.
+    (root / "b2.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n")
+    grown = write_shards(inputs[:2] + [str(root / "b2.jsonl")] + inputs[2:], tokenizer, copy, workers=1,
+                         max_tokens_per_file=3000, progress=False)
+    assert grown["total_documents"] == index["total_documents"] + 1
+    assert all(os.stat(copy / f["name"]).st_mtime_ns == mtimes[f["name"]] for f in index["files"]
+               if f["name"] not in of_b)
+    # BOS is part of what must match: switching it redoes every input, and the index says so truthfully.
+    with_bos = write_shards(inputs, tokenizer, copy, workers=1, max_tokens_per_file=3000, bos=True, progress=False)
+    assert with_bos["bos_prepended"] and with_bos["total_tokens"] == index["total_tokens"] + index["total_documents"]
+    first = np.fromfile(copy / with_bos["files"][0]["name"], np.uint16)
+    assert first[0] == tokenizer.bos_id
 
-def test_shard_cli_refuses_a_directory_from_another_tokenizer(corpus, shards, tmp_path, capsys):
-    root, _, docs = corpus
+
+def test_files_stay_within_the_token_bound_even_for_long_documents(corpus, tmp_path):
+    root, tokenizer, docs = corpus
+    long_doc = " ".join(docs[:60])
+    (tmp_path / "long.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n" + json.dumps({"text": long_doc}) + "\n")
+    index = write_shards([str(tmp_path / "long.jsonl")], tokenizer, tmp_path / "out", workers=1,
+                         max_tokens_per_file=100, progress=False)
+    assert all(f["tokens"] <= 100 for f in index["files"]) and len(index["files"]) > 3
+    stream = np.concatenate([np.fromfile(tmp_path / "out" / f["name"], np.uint16) for f in index["files"]])
+    np.testing.assert_array_equal(stream, tokenizer.encode(docs[0]) + [2] + tokenizer.encode(long_doc) + [2])
+    assert sum(f["documents"] for f in index["files"]) == 2
+
+
+def test_shard_cli_redoes_inputs_written_with_another_tokenizer(corpus, tmp_path):
+    root, tokenizer, docs = corpus
     other = train_tokenizer(docs[::-1], 300, tmp_path / "other.model")
-    code = shards_main(["--tokenizer", str(other.path), "--input", str(root / "a.jsonl"), "--out", str(shards),
-                        "--workers", "1"])
-    assert code == 1 and "part-00000.json" in capsys.readouterr().err
+    args = ["--input", str(root / "a.jsonl"), "--out", str(tmp_path / "out"), "--workers", "1"]
+    assert shards_main(["--tokenizer", str(tokenizer.path), *args]) == 0
+    assert shards_main(["--tokenizer", str(other.path), *args]) == 0
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["tokenizer"]["sha256"] == other.sha256 != tokenizer.sha256
+    stream = np.fromfile(tmp_path / "out" / index["files"][0]["name"], np.uint16)
+    assert list(stream[:len(other.encode(docs[0]))]) == other.encode(docs[0])
 
 
 def test_windows_run_across_document_and_file_boundaries(shards):
@@ -218,3 +248,22 @@ def test_tfds_inputs_go_through_tfds_data_source(corpus, tmp_path, monkeypatch):
     assert index["sources"] == {"c4": {"tokens": index["total_tokens"], "documents": 2}}
     stream = np.fromfile(tmp_path / "tfds" / index["files"][0]["name"], np.uint16)
     np.testing.assert_array_equal(stream, tokenizer.encode(docs[0]) + [2] + tokenizer.encode(docs[1]) + [2])
+
+
+def test_finite_epochs_give_every_process_the_same_number_of_steps(shards):
+    cfg = config(shards, batch_size=6, num_epochs=1)
+    counts = [sum(1 for _ in build_pretrain_dataset(cfg, p, 2)) for p in (0, 1)]
+    windows = len(TokenWindows(shards, 32))
+    assert counts[0] == counts[1] == windows // 6
+    with pytest.raises(ValueError, match="single source"):
+        build_pretrain_dataset(config(shards, sources=((str(shards), 0.5), (str(shards), 0.5)), num_epochs=1))
+
+
+def test_fingerprint_survives_moving_the_shards(shards, tmp_path):
+    import shutil
+    moved = tmp_path / "moved"
+    shutil.copytree(shards, moved)
+    state = build_pretrain_dataset(config(shards)).get_state()
+    build_pretrain_dataset(config(moved)).set_state(state)  # same content: accepted
+    with pytest.raises(ValueError, match="another data configuration"):
+        build_pretrain_dataset(config(moved, batch_size=8)).set_state(state)

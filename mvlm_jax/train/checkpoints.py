@@ -1,0 +1,73 @@
+"""Training checkpoints: one orbax CheckpointManager with named items
+  state     {"trainable", "frozen", "opt_state", "step", "rng"} (sharded arrays, saved asynchronously)
+  data      the data stream's position (grain.checkpoint; the same on every process)
+  metadata  the run's config, model config, tokenizer hash
+kept: the last `keep` plus every `keep_every`-th step. A restore walks back from the newest step and
+skips damaged ones (truncated files), saying so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000
+    keep: int = 3
+    keep_every: int | None = None  # also keep every k-th step forever
+    async_save: bool = True
+
+
+class TrainCheckpoints:
+    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
+        options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, keep_period=config.keep_every,
+                                               enable_async_checkpointing=config.async_save, create=True)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                             item_names=("state", "data", "metadata"))
+
+    def save(self, step: int, state: Any, data_stream: Any, metadata: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_stream),
+            metadata=ocp.args.JsonSave(metadata)), force=True)
+
+    def _data_state(self, step: int) -> bytes:
+        """The saved data position. grain's handler names its file after the process count at save time
+        (process_I-of-P.json); the state is the same on every process, so any file serves when the run
+        resumes with another process count."""
+        directory = Path(self.manager.directory) / str(step) / "data"
+        index, count = jax.process_index(), jax.process_count()
+        own = directory / f"process_{index}-of-{count}.json"
+        files = [own] if own.is_file() else sorted(directory.glob("process_*-of-*.json"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no data iterator state")
+        return files[0].read_bytes()
+
+    def restore_latest(self, abstract_state: Any, data_stream: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, metadata) of the newest readable checkpoint, or None when there is none; the data
+        stream is moved to the saved position."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()))
+                data_state = self._data_state(step)
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: try the previous one
+                print(f"checkpoint at step {step} is damaged ({type(error).__name__}: {str(error)[:200]}); "
+                      "falling back to the previous one", file=sys.stderr)
+                continue
+            data_stream.set_state(data_state)
+            return step, restored.state, restored.metadata
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
