@@ -1,0 +1,60 @@
+"""python -m mvlm_jax.train --config experiments/pretrain.py:tiny --workdir DIR [--config.a.b=value ...]
+
+Multi-host: on SLURM, TPU VMs and Kubernetes `jax.distributed.initialize()` finds its peers by itself
+(--distributed); elsewhere pass --coordinator HOST:PORT --num_processes N --process_id I.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file and argument: FILE.py:ARG",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics.jsonl, tensorboard/)")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (cluster auto-detect)")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a manual multi-process run")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a manual multi-process run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a manual multi-process run")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+    import jax
+
+    if _COORDINATOR.value:
+        if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+
+
+def _fill_embedded(config, workdir: str) -> None:
+    """Tiny experiments train on the embedded dataset, generated and sharded on first use."""
+    from data_pipelines.embedded.prepare import prepare
+
+    embedded = config.data.embedded
+    paths = prepare(embedded.root or os.path.join(workdir, "data"), embedded.size, embedded.vocab_size,
+                    embedded.image_size)
+    with config.unlocked():
+        config.data.shards = (paths["shards"],)
+        config.data.tokenizer = paths["tokenizer"]
+        config.data.files = tuple(paths[name] for name in embedded.files)
+        config.data.image_root = paths["images"]
+
+
+def main(argv) -> None:
+    del argv
+    _initialize_distributed()
+    from mvlm_jax.train.loop import train  # after distributed init: importing models touches no backend
+
+    config = _CONFIG.value
+    if config.data.embedded.enabled:
+        _fill_embedded(config, _WORKDIR.value)
+    train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

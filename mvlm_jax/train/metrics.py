@@ -1,0 +1,81 @@
+"""What a run reports: FLOPs and MFU (MaxText's definition), and the writers (metrics.jsonl, TensorBoard).
+
+Training FLOPs per step = 6 * (parameters touched per token) * tokens + attention FLOPs, with attention at
+12 * layers * seq * (heads * head_dim) per token (forward 4, backward 8; causal masking not discounted, as
+MaxText counts it). For a VLM the tower's forward (2 N per patch, frozen: no backward) and the projector
+are added per image.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mvlm_jax.models.config import LlamaConfig, VLMConfig
+from mvlm_jax.models.llama import count_params as llama_params
+from mvlm_jax.models.vit import count_params as vit_params
+
+# Dense bf16 peak FLOP/s per device (vendor figures, without sparsity).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12,
+              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def llm_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+    embedding = config.vocab_size * config.hidden_size  # a lookup, not a matmul
+    dense = llama_params(config) - embedding
+    attention = 12 * config.num_layers * seq_len * config.num_heads * config.resolved_head_dim
+    return 6 * dense + attention
+
+
+def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0) -> float:
+    """Training FLOPs of one optimizer step over `tokens` tokens and `images` images."""
+    llm = config.llm if isinstance(config, VLMConfig) else config
+    flops = llm_flops_per_token(llm, seq_len) * tokens
+    if isinstance(config, VLMConfig) and images:
+        tower = vit_params(config.vision) * config.vision.num_positions * 2  # forward only
+        flops += tower * images
+    return flops
+
+
+class MetricsWriter:
+    """metrics.jsonl (one object per step, flushed) and TensorBoard events beside it. On resume, lines
+    past the restored step (written by the interrupted run after its last checkpoint) are dropped."""
+
+    def __init__(self, workdir: Path, start_step: int, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tensorboard = None
+        if not enabled:
+            return
+        kept = []
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        partial = self.path.with_name(".metrics.jsonl.partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        os.replace(partial, self.path)
+        self._file = self.path.open("a")
+        from tensorboardX import SummaryWriter
+        self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step" and value is not None:
+                self._tensorboard.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tensorboard.close()

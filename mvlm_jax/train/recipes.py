@@ -1,0 +1,39 @@
+"""Helpers that experiment files are built from (big_vision style): every key a run reads, with defaults.
+
+An experiment's get_config(arg) starts from `base_config()` and sets what its recipe changes; the command
+line overrides any key with --config.a.b=value, and an unknown key is an error.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(kind="llm", llm="tiny", vision="tiny", projector="ldp", dtype="float32", remat="none",
+                   llm_overrides={}, vision_overrides={},
+                   lora=dict(rank=0, alpha=256.0, dropout=0.0,
+                             targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    # Checkpoints to start from when the workdir has none: "part=dir" ("llm=ckpt/sft", "vision=ckpt/clip",
+    # "projector=ckpt/stage1") or "=dir" for the whole model.
+    c.init_from = ()
+    c.data = dict(kind="pretrain", shards=(), mixture="", mixture_dirs={}, seq_len=128, seed=0,
+                  reset_attention_at_eos=False, workers=0, files=(), format="sharegpt", template="vicuna_v1",
+                  tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True,
+                  embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
+    c.train = dict(total_steps=100, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",), frozen=(),
+                   log_every=1)
+    c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8,
+                   weight_decay=0.1, grad_clip_norm=1.0)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)
+    return c
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """"size=1.4b,stage=2" or a bare "tiny" (-> size=tiny)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        out.update({key: value} if value else {"size": key})
+    return out
