@@ -153,8 +153,11 @@ def test_load_image_and_preprocess_file(tmp_path, processors):
     np.testing.assert_array_equal(np.asarray(loaded), hf_convert_to_rgb(Image.open(path), return_numpy=True))
     np.testing.assert_array_equal(np.asarray(load_image(path, composite_alpha=False)),
                                   np.asarray(Image.open(path).convert("RGB")))
-    np.testing.assert_array_equal(preprocess_file(path, 48, pad=False), hf(processors[48], Image.open(path)))
-    np.testing.assert_array_equal(preprocess_file(str(path), 48), preprocess(loaded, 48))
+    # The pipelines read images as the official training code does: Image.open(path).convert("RGB").
+    official = Image.open(path).convert("RGB")
+    np.testing.assert_array_equal(preprocess_file(path, 48, pad=False), hf(processors[48], official))
+    np.testing.assert_array_equal(preprocess_file(str(path), 48), preprocess(official, 48))
+    assert not np.array_equal(preprocess_file(path, 48), preprocess(loaded, 48))  # compositing would differ
 
 
 def test_load_image_errors_name_the_file(tmp_path):

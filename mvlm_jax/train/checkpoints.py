@@ -63,6 +63,8 @@ class TrainCheckpoints:
                       "falling back to the previous one", file=sys.stderr)
                 continue
             data_stream.set_state(data_state)
+            for later in [s for s in self.manager.all_steps() if s > step]:
+                self.manager.delete(later)  # the damaged ones: this run writes those steps again
             return step, restored.state, restored.metadata
         return None
 
