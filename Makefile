@@ -2,7 +2,12 @@
 PY      ?= .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test bench clean
+SIZE    ?= tiny
+STAGE   ?= 1
+WORKDIR ?= runs/$@-$(SIZE)
+ARGS    ?=
+
+.PHONY: install test bench clean pretrain sft vlm
 
 install:
 	python3 -m venv .venv
@@ -15,6 +20,15 @@ test:
 bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
+
+pretrain:
+	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)
+
+sft:
+	$(PY) -m mvlm_jax.train --config experiments/sft.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)
+
+vlm:
+	$(PY) -m mvlm_jax.train --config experiments/vlm.py:size=$(SIZE),stage=$(STAGE) --workdir runs/vlm$(STAGE)-$(SIZE) $(ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

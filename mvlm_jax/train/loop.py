@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data_pipelines.pretrain_pipeline import batch_hash
 from mvlm_jax import sharding
-from mvlm_jax.checkpoint import load_model
+from mvlm_jax.checkpoint import load_model, save_model
 from mvlm_jax.models import build_model, example_inputs
 from mvlm_jax.models.config import VLMConfig, to_dict
 from mvlm_jax.train import setup
@@ -67,16 +67,30 @@ def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> 
         target = params[part] if part else params
         shapes = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(target)}
         got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-        if shapes != got:
-            missing, extra = sorted(set(shapes) - set(got)), sorted(set(got) - set(shapes))
-            wrong = sorted(k for k in set(shapes) & set(got) if shapes[k] != got[k])
+        # Fresh LoRA adapters may be missing from a base checkpoint: they keep their initialisation.
+        missing = sorted(k for k in set(shapes) - set(got) if "lora_" not in k)
+        extra = sorted(set(got) - set(shapes))
+        wrong = sorted(k for k in set(shapes) & set(got) if shapes[k] != got[k])
+        if missing or extra or wrong:
             raise ValueError(f"init_from {spec}: parameters do not fit config.model{('.' + part) if part else ''}: "
                              f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}")
         shardings = param_shardings[part] if part else param_shardings
-        placed = jax.tree.map(lambda array, s: jax.device_put(array, s), loaded, shardings)
+        placed = merge(target, jax.tree.map(lambda array, s: jax.device_put(array, s), loaded,
+                                            split(shardings, lambda path: "lora_" not in path)[0]))
         params = {**params, part: placed} if part else placed
         print(f"initialised {part or 'the model'} from {directory} ({type(loaded_config).__name__})")
     return params
+
+
+def save_final_model(directory: Path, state: dict, model_config) -> None:
+    """The trained parameters as a model checkpoint (`init_from` of the next stage, HF / GGUF export)."""
+    params = merge(state["trainable"], state["frozen"])
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+        save_model(directory, jax.tree.map(np.asarray, jax.device_get(params)), model_config, force=True)
+        print(f"wrote the trained model to {directory}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -165,6 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             bar.update(1)
             if (step + 1) % config.checkpoint.every == 0 or step + 1 == config.train.total_steps:
                 checkpoints.save(step + 1, state, data, metadata)
+        save_final_model(workdir_path / "model", state, model_config)
     finally:
         bar.close()
         checkpoints.wait()

@@ -44,7 +44,7 @@ def split(params: Params, trainable: Callable[[str], bool]) -> tuple[Params, Par
 
 
 def merge(first: Params, second: Params) -> Params:
-    """Union of two disjoint nested dicts."""
+    """Union of two nested dicts; where both hold a leaf, the second one wins."""
     out = dict(first)
     for key, value in second.items():
         out[key] = merge(out[key], value) if key in out and isinstance(value, dict) else value

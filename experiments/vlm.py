@@ -1,0 +1,52 @@
+"""MobileVLM training (paper 4.1 / 4.4; repo run_v1.sh): stage=1 (projector), 2 (projector + LLM) or lora.
+
+  python -m mvlm_jax.train --config experiments/vlm.py:size=tiny,stage=1 --workdir runs/vlm1-tiny \
+      --config.init_from="('llm=runs/sft-tiny/model',)"
+  python -m mvlm_jax.train --config experiments/vlm.py:size=1.4b,stage=2 --workdir runs/vlm2-1.7b \
+      --config.init_from="('=runs/vlm1-1.7b/model',)" --config.data.files="('llava_v1_5_mix665k.json',)" ...
+
+Stage 1: LCS-558K captions, `plain` template, no pad, projector only, lr 1e-3, batch 256, 1 epoch.
+Stage 2: mix665k, `vicuna_v1`, pad, projector + LLM, lr 2e-5 (1.7B) / 4e-5 (3B), batch 128, 1 epoch.
+LoRA: stage-2 data, adapters r 128, alpha 256, dropout 0.05 on every LLM Linear plus the projector,
+lr 1e-4 (1.7B) / 2e-4 (3B). All: no weight decay, 3 % warmup, cosine to 0, AdamW (0.9, 0.999), bf16.
+The vision tower is always frozen.
+"""
+from mvlm_jax.train.recipes import base_config, parse_arg
+
+STAGES = {
+    "1": dict(trainable=(r"^projector/",), files=("llava_caption",), template="plain", pad=False, examples=558_128,
+              batch=256, lr={"tiny": 3e-3, "1.4b": 1e-3, "2.7b": 1e-3}),
+    "2": dict(trainable=(r"^projector/", r"^llm/"), files=("llava_instruct",), template="vicuna_v1", pad=True,
+              examples=665_298, batch=128, lr={"tiny": 1e-3, "1.4b": 2e-5, "2.7b": 4e-5}),
+    "lora": dict(trainable=(r"^projector/", r"/lora_[ab]$"), files=("llava_instruct",), template="vicuna_v1",
+                 pad=True, examples=665_298, batch=128, lr={"tiny": 1e-3, "1.4b": 1e-4, "2.7b": 2e-4}),
+}
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    size, stage = args.get("size", "tiny"), args.get("stage", "1")
+    recipe = STAGES[stage]
+    c = base_config()
+    c.model.update(kind="vlm", llm=size, vision="tiny" if size == "tiny" else "l14_336", projector="ldp")
+    if stage == "lora":
+        c.model.lora.update(rank=8 if size == "tiny" else 128, alpha=16.0 if size == "tiny" else 256.0, dropout=0.05)
+    c.train.trainable = recipe["trainable"]
+    c.data.update(kind="conversation", format="llava", template=recipe["template"], pad_images=recipe["pad"])
+    c.optim.update(b2=0.999, weight_decay=0.0, min_learning_rate=0.0, learning_rate=recipe["lr"][size])
+    if size == "tiny":
+        c.model.vision_overrides = {"image_size": 64}
+        c.data.embedded.update(enabled=True, files=recipe["files"])
+        c.data.update(seq_len=256, images_per_row=2)
+        c.train.update(total_steps=150, batch_size=8)
+        c.optim.warmup_steps = 5
+        c.checkpoint.every = 50
+        return c
+    steps = recipe["examples"] // recipe["batch"]
+    c.model.update(dtype="bfloat16", remat="dots_no_batch")
+    c.data.update(seq_len=2048, workers=8, images_per_row=4)
+    c.train.update(total_steps=steps, batch_size=recipe["batch"], accumulation_steps=2)
+    c.optim.warmup_steps = int(0.03 * steps)
+    c.mesh.update(data=1, fsdp=-1)
+    c.checkpoint.update(every=500)
+    return c

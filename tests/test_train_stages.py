@@ -1,0 +1,104 @@
+"""The stages as configuration: pretrain -> SFT (init_from) -> VLM stage 1 / LoRA on the embedded data,
+started the way users start them; configuration errors and non-finite losses stop a run clearly."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mvlm_jax.checkpoint import load_model
+from mvlm_jax.train.loop import TrainingError, train, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments import pretrain as pretrain_experiment  # noqa: E402
+
+
+def run(experiment, workdir, data_root, *overrides):
+    done = subprocess.run([sys.executable, "-m", "mvlm_jax.train", "--config", f"{ROOT / 'experiments' / experiment}",
+                           "--workdir", str(workdir), f"--config.data.embedded.root={data_root}", *overrides],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    run("pretrain.py:tiny", root / "pretrain", root / "data", "--config.train.total_steps=4")
+    run("sft.py:tiny", root / "sft", root / "data", "--config.train.total_steps=3",
+        f"--config.init_from=('={root / 'pretrain' / 'model'}',)")
+    return root
+
+
+def test_vlm_stage1_trains_only_the_projector_from_the_sft_llm(sft_model):
+    root = sft_model
+    out = run("vlm.py:size=tiny,stage=1", root / "vlm1", root / "data", "--config.train.total_steps=3",
+              f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
+    assert f"initialised llm from {root / 'sft' / 'model'}" in out
+    vlm, vlm_config = load_model(root / "vlm1" / "model")
+    projector = sum(x.size for x in jax.tree.leaves(vlm["projector"]))
+    total = sum(x.size for x in jax.tree.leaves(vlm))
+    assert f"trainable {projector:,} of {total:,} parameters" in out
+    sft, _ = load_model(root / "sft" / "model")
+    for a, b in zip(jax.tree.leaves(vlm["llm"]), jax.tree.leaves(sft)):  # frozen: exactly the SFT weights
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lora_stage_trains_adapters_and_projector(sft_model):
+    root = sft_model
+    out = run("vlm.py:size=tiny,stage=lora", root / "lora", root / "data", "--config.train.total_steps=2",
+              f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
+    params, config = load_model(root / "lora" / "model")
+    assert config.llm.lora is not None and config.llm.lora.rank == 8
+    adapters = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params["llm"])
+                   if "lora_" in jax.tree_util.keystr(path))
+    projector = sum(x.size for x in jax.tree.leaves(params["projector"]))
+    assert f"trainable {adapters + projector:,} of" in out
+
+
+def test_init_from_a_mismatched_checkpoint_is_refused(sft_model, tmp_path):
+    config = pretrain_experiment.get_config("tiny")
+    with config.unlocked():
+        config.model.llm_overrides = {"num_layers": 3}
+        config.init_from = (f"={sft_model / 'sft' / 'model'}",)
+        config.data.shards = (str(sft_model / "data" / "shards512"),)
+    with pytest.raises(ValueError, match="do not fit config.model"):
+        train(config, str(tmp_path / "run"))
+
+
+def test_configuration_errors_before_anything_compiles(tmp_path):
+    config = pretrain_experiment.get_config("tiny")
+    with config.unlocked():
+        config.mesh.data = 3
+    with pytest.raises(ValueError, match="does not divide"):
+        validate(config, 8)
+    config = pretrain_experiment.get_config("tiny")
+    config.train.batch_size = 4
+    with config.unlocked():
+        config.mesh.update(data=8)
+    with pytest.raises(ValueError, match="micro-batch 4 does not divide"):
+        validate(config, 8)
+    done = subprocess.run([sys.executable, "-m", "mvlm_jax.train", "--config",
+                           f"{ROOT / 'experiments' / 'pretrain.py'}:tiny", "--workdir", str(tmp_path),
+                           "--config.train.totl_steps=3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "totl_steps" in done.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sft_model, tmp_path):
+    config = pretrain_experiment.get_config("tiny")
+    with config.unlocked():
+        config.data.shards = (str(sft_model / "data" / "shards512"),)
+    config.train.total_steps = 12
+    config.checkpoint.every = 2
+    config.optim.update(learning_rate=1e9, warmup_steps=1, grad_clip_norm=1e9)
+    with pytest.raises(TrainingError, match="not finite") as failure:
+        train(config, str(tmp_path / "run"))
+    failed_step = int(str(failure.value).split(":")[0].split()[-1])
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) < failed_step
+    assert not (tmp_path / "run" / "model").exists()
