@@ -36,9 +36,12 @@ def _checkpointer() -> ocp.Checkpointer:
         (float, type_handlers.ScalarHandler()))
     # No zstd: float weights barely compress, and compressed chunks are buffered (about 0.8x the data).
     # No OCDBT: it copies every array past 2 GiB (the 2.7B MLP stacks) while writing; plain zarr does not.
+    # Host arrays, written and read by this process alone: no barriers with the other processes of a
+    # multi-host job (a training run writes its final model from process 0 only).
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
     handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, restore_concurrent_gb=1, use_compression=False,
-                                          use_ocdbt=False, type_handler_registry=registry)
-    return ocp.Checkpointer(handler)
+                                          use_ocdbt=False, type_handler_registry=registry, multiprocessing_options=alone)
+    return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
 def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False) -> Path:

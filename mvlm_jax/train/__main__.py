@@ -35,9 +35,16 @@ def _fill_embedded(config, workdir: str) -> None:
     """Tiny experiments train on the embedded dataset, generated and sharded on first use."""
     from data_pipelines.embedded.prepare import prepare
 
+    import jax
+    from jax.experimental import multihost_utils
+
     embedded = config.data.embedded
-    paths = prepare(embedded.root or os.path.join(workdir, "data"), embedded.size, embedded.vocab_size,
-                    embedded.image_size)
+    arguments = (embedded.root or os.path.join(workdir, "data"), embedded.size, embedded.vocab_size, embedded.image_size)
+    if jax.process_index() == 0:  # one writer; the others wait, then find everything complete
+        prepare(*arguments)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("embedded data prepared")
+    paths = prepare(*arguments)
     with config.unlocked():
         config.data.shards = (paths["shards"],)
         config.data.tokenizer = paths["tokenizer"]
