@@ -7,7 +7,9 @@ STAGE   ?= 1
 WORKDIR ?= runs/$@-$(SIZE)
 ARGS    ?=
 
-.PHONY: install test bench clean pretrain sft vlm
+MESH    ?= data=1,fsdp=8,tensor=1
+
+.PHONY: install test bench clean pretrain sft vlm plan
 
 install:
 	python3 -m venv .venv
@@ -29,6 +31,9 @@ sft:
 
 vlm:
 	$(PY) -m mvlm_jax.train --config experiments/vlm.py:size=$(SIZE),stage=$(STAGE) --workdir runs/vlm$(STAGE)-$(SIZE) $(ARGS)
+
+plan:
+	$(PY) -m mvlm_jax.train.plan --config experiments/pretrain.py:size=$(SIZE) --mesh $(MESH) $(ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

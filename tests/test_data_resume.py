@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 

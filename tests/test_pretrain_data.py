@@ -12,7 +12,7 @@ from data_pipelines.pretrain_pipeline import (PretrainData, batch_hash, build_pr
 from data_pipelines.shards import main as shards_main
 from data_pipelines.shards import write_shards
 from data_pipelines.token_source import TokenWindows
-from data_pipelines.tokenizer import Tokenizer, train_tokenizer
+from data_pipelines.tokenizer import train_tokenizer
 
 WORDS = "the a red blue green circle square triangle is on left right of and big small there are two three".split()
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mvlm_jax.checkpoint import load_model
-from mvlm_jax.train.loop import TrainingError, train, validate
+from mvlm_jax.train.loop import TrainingError, train
+from mvlm_jax.train.run import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

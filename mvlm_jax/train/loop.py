@@ -6,8 +6,6 @@ checkpoint, then `init_from`, then a fresh initialisation.
 """
 from __future__ import annotations
 
-import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,45 +14,23 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from data_pipelines.pretrain_pipeline import batch_hash
 from mvlm_jax import sharding
 from mvlm_jax.checkpoint import load_model, save_model
-from mvlm_jax.models import build_model, example_inputs
-from mvlm_jax.models.config import VLMConfig, to_dict
+from mvlm_jax.models import example_inputs
+from mvlm_jax.models.config import to_dict
 from mvlm_jax.train import setup
+from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
-from mvlm_jax.train.optimizer import make_optimizer, schedule
-from mvlm_jax.train.partition import describe, is_trainable, merge, split
-from mvlm_jax.train.step import init_state, make_train_step
+from mvlm_jax.train.partition import describe, merge, split
+from mvlm_jax.train.step import init_state
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-def validate(config: ml_collections.ConfigDict, devices: int) -> None:
-    """Configuration errors, before anything compiles."""
-    mesh_shape = setup.mesh_config(config).resolve(devices)
-    batch_shards = mesh_shape[0] * mesh_shape[1]
-    per_device = config.train.batch_size // config.train.accumulation_steps
-    if config.train.batch_size % config.train.accumulation_steps:
-        raise ValueError(f"config.train.batch_size {config.train.batch_size} is not a multiple of "
-                         f"accumulation_steps {config.train.accumulation_steps}")
-    if per_device % batch_shards:
-        raise ValueError(f"micro-batch {per_device} does not divide over the mesh's data x fsdp = {batch_shards} "
-                         "devices; change config.train.batch_size or config.mesh")
-
-
-def _opt_state_shardings(abstract_opt: Any, trainable_abstract: Any, trainable_shardings: Any, mesh) -> Any:
-    """Moments shaped like the trainable parameters share their shardings; everything else is replicated."""
-    structure = jax.tree.structure(trainable_abstract)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda node: trainable_shardings if jax.tree.structure(node) == structure else replicated,
-                        abstract_opt, is_leaf=lambda node: jax.tree.structure(node) == structure)
 
 
 def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> Any:
@@ -96,55 +72,26 @@ def save_final_model(directory: Path, state: dict, model_config) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Run (or resume) the experiment in `workdir`; returns the metrics of the steps run now."""
     workdir_path = setup.workdir_path(workdir)
-    validate(config, jax.device_count())
-    mesh = sharding.make_mesh(setup.mesh_config(config))
-    model_config = setup.model_config(config.model)
-    needs_dropout = model_config.llm.lora if isinstance(model_config, VLMConfig) else model_config.lora
-    model = build_model(model_config)
-    if needs_dropout is not None and needs_dropout.dropout > 0:
-        model = model.clone(deterministic=False)
+    run = build_run(config)
+    mesh, model, model_config, optimizer = run.mesh, run.model, run.model_config, run.optimizer
+    state_shardings = run.state_shardings
     data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count())
-    optim = setup.optim_config(config)
-    optimizer, lr_schedule = make_optimizer(optim), schedule(optim)
-
-    # Abstract state and its shardings, from the one rules table.
-    init_fn = lambda key: model.init(key, *example_inputs(model_config))["params"]  # noqa: E731
-    boxed = jax.eval_shape(init_fn, jax.random.key(0))
-    param_shardings = sharding.mesh_shardings(sharding.logical_specs(boxed), mesh)
-    trainable_of = is_trainable(config.train.trainable, config.train.frozen)
-    trainable_abs, frozen_abs = split(nn.unbox(boxed), trainable_of)
-    trainable_sh, frozen_sh = split(param_shardings, trainable_of)
-    if not jax.tree.leaves(trainable_abs):
-        raise ValueError(f"config.train.trainable {list(config.train.trainable)} matches no parameter")
-    opt_abs = jax.eval_shape(optimizer.init, trainable_abs)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state_shardings = {"trainable": trainable_sh, "frozen": frozen_sh,
-                       "opt_state": _opt_state_shardings(opt_abs, trainable_abs, trainable_sh, mesh),
-                       "step": replicated, "rng": replicated}
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  jax.eval_shape(lambda t, f, k: init_state(t, f, optimizer, k), trainable_abs, frozen_abs,
-                                                 jax.random.key(0)),
-                                  state_shardings)
 
     checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config))
-    restored = checkpoints.restore_latest(abstract_state, data)
+    restored = checkpoints.restore_latest(run.abstract_state, data)
     if restored is not None:
         start_step, state, _ = restored
         print(f"resumed from {workdir_path / 'checkpoints'} at step {start_step}")
     else:
         start_step = 0
         rng = jax.random.key(config.train.seed)
-        params = _initial_params(config, model, model_config, rng, param_shardings, mesh)
-        trainable, frozen = split(params, trainable_of)
+        params = _initial_params(config, model, model_config, rng, run.param_shardings, mesh)
+        trainable, frozen = split(params, run.trainable_of)
         state = jax.jit(lambda t, f, key: init_state(t, f, optimizer, key), out_shardings=state_shardings)(
             trainable, frozen, jax.random.fold_in(rng, 1))
     print(describe(state["trainable"], state["frozen"]))
 
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = make_train_step(model, optimizer, lr_schedule, config.train.accumulation_steps)
-    with sharding.activate(mesh):
-        jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    batch_sharding, jitted = run.batch_sharding, run.step
     metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)
     peak = peak_flops(jax.devices()[0].device_kind)
