@@ -22,6 +22,7 @@ test:
 bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
+	$(PY) -m bench.train_throughput
 
 pretrain:
 	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)

@@ -1,0 +1,155 @@
+"""Training speed, measured in one run on this machine.
+
+1. Train-step tokens/s of a small LLaMA: our jitted step (AdamW, float32 on CPU) against PyTorch with
+   transformers (LlamaForCausalLM, torch.optim.AdamW, float32), same shapes, same data, same CPU
+   (goal: at least 1.25x). Each framework at its best precision on this device (float32 on CPU).
+2. Compile time of the MobileLLaMA 1.4B train step on CPU from abstract inputs, 8-device mesh (goal <= 60 s).
+3. With --mfu on an accelerator: MFU of the 1.4B train step at seq 2048 in bfloat16 (MaxText's definition).
+
+  python -m bench.train_throughput [--steps 20] [--mfu]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import append_result
+
+SHAPE = dict(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=704, seq=256, batch=8)
+
+
+def batches(steps: int):
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        tokens = rng.integers(0, SHAPE["vocab_size"], (SHAPE["batch"], SHAPE["seq"] + 1))
+        yield tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
+
+
+def jax_tokens_per_s(steps: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from mvlm_jax.models import build_model, init_params
+    from mvlm_jax.models.config import LlamaConfig
+    from mvlm_jax.train.optimizer import OptimConfig, make_optimizer, schedule
+    from mvlm_jax.train.step import init_state, make_train_step
+
+    config = LlamaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
+                         num_layers=SHAPE["num_layers"], num_heads=SHAPE["num_heads"], num_kv_heads=SHAPE["num_heads"],
+                         intermediate_size=SHAPE["intermediate_size"], max_position_embeddings=SHAPE["seq"])
+    optim = OptimConfig(learning_rate=1e-4, warmup_steps=1, total_steps=1000)
+    optimizer = make_optimizer(optim)
+    state = init_state(init_params(config, jax.random.key(0)), {}, optimizer, jax.random.key(1))
+    step = jax.jit(make_train_step(build_model(config), optimizer, schedule(optim)), donate_argnums=0)
+    seq, batch = SHAPE["seq"], SHAPE["batch"]
+    fixed = {"loss_mask": jnp.ones((batch, seq)), "segment_ids": jnp.ones((batch, seq), jnp.int32),
+             "positions": jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))}
+    data = [{"tokens": jnp.asarray(t), "targets": jnp.asarray(y), **fixed} for t, y in batches(steps + 3)]
+    for batch_data in data[:3]:  # compile and warm up
+        state, metrics = step(state, batch_data)
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for batch_data in data[3:]:
+        state, metrics = step(state, batch_data)
+    jax.block_until_ready(metrics)
+    return steps * batch * seq / (time.perf_counter() - started)
+
+
+def torch_tokens_per_s(steps: int) -> float:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
+                                      num_hidden_layers=SHAPE["num_layers"], num_attention_heads=SHAPE["num_heads"],
+                                      intermediate_size=SHAPE["intermediate_size"],
+                                      max_position_embeddings=SHAPE["seq"], attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    data = [(torch.from_numpy(t).long(), torch.from_numpy(y).long()) for t, y in batches(steps + 3)]
+
+    def step(tokens, targets):
+        logits = model(input_ids=tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for tokens, targets in data[:3]:
+        step(tokens, targets)
+    started = time.perf_counter()
+    for tokens, targets in data[3:]:
+        step(tokens, targets)
+    return steps * SHAPE["batch"] * SHAPE["seq"] / (time.perf_counter() - started)
+
+
+def compile_seconds_1_4b() -> float:
+    done = subprocess.run([sys.executable, "-m", "mvlm_jax.train.plan", "--config", "experiments/pretrain.py:1.4b",
+                           "--mesh", "data=1,fsdp=8,tensor=1", "--config.train.batch_size=64",
+                           "--config.train.accumulation_steps=8"], capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return float(re.search(r"compiled in ([\d.]+) s", done.stdout).group(1))
+
+
+def mfu_1_4b(steps: int) -> tuple[float, float]:
+    """(MFU, tokens/s) of the real 1.4B step at seq 2048, bf16, on the local accelerator."""
+    import jax
+
+    from experiments import pretrain
+    from mvlm_jax.train.metrics import peak_flops, step_flops
+    from mvlm_jax.train.run import abstract_batch, build_run
+
+    config = pretrain.get_config("1.4b")
+    config.train.update(batch_size=8 * jax.device_count(), accumulation_steps=1)
+    with config.unlocked():
+        config.mesh.update(data=1, fsdp=-1, tensor=1)
+    run = build_run(config)
+    import jax.numpy as jnp
+    state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype, device=a.sharding), run.abstract_state)
+    batch = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype, device=a.sharding), abstract_batch(config, run))
+    for _ in range(2):
+        state, metrics = run.step(state, batch)
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = run.step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - started) / steps
+    tokens = config.train.batch_size * config.data.seq_len
+    peak = peak_flops(jax.devices()[0].device_kind) or float("nan")
+    return step_flops(run.model_config, tokens, config.data.seq_len) / seconds / (peak * jax.device_count()), tokens / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--mfu", action="store_true", help="also run the 1.4B step (needs an accelerator)")
+    parser.add_argument("--report", default="docs/PERFORMANCE.md")
+    args = parser.parse_args()
+    ours, theirs = jax_tokens_per_s(args.steps), torch_tokens_per_s(args.steps)
+    compile_s = compile_seconds_1_4b()
+    shape = ", ".join(f"{k} {v}" for k, v in SHAPE.items())
+    lines = ["| measurement | value |", "|---|---|",
+             f"| train step, ours (JAX, float32) | {ours:,.0f} tokens/s |",
+             f"| train step, PyTorch + transformers (float32, sdpa) | {theirs:,.0f} tokens/s |",
+             f"| ratio ours / PyTorch (goal >= 1.25) | {ours / theirs:.2f} |",
+             f"| 1.4B train step compile, CPU, abstract inputs, 8-device fsdp mesh (goal <= 60 s) | {compile_s:.1f} s |"]
+    if args.mfu:
+        mfu, tokens = mfu_1_4b(args.steps)
+        lines.append(f"| 1.4B train step, seq 2048, bf16: MFU | {100 * mfu:.1f} % ({tokens:,.0f} tokens/s) |")
+    print("\n".join(lines))
+    append_result(Path(args.report), "Training speed", "python -m bench.train_throughput" + (" --mfu" if args.mfu else ""),
+                  lines, note=f"small LLaMA: {shape}; one CPU device for JAX, torch with its default threads.")
+
+
+if __name__ == "__main__":
+    main()
