@@ -21,7 +21,7 @@ def data_root(tmp_path_factory):
 
 def command(workdir, data_root, steps):
     return [sys.executable, "-m", "mvlm_jax.train", "--config", str(ROOT / "experiments" / "pretrain.py") + ":tiny",
-            "--workdir", str(workdir), f"--config.train.total_steps={steps}", "--config.checkpoint.every=5",
+            "--workdir", str(workdir), f"--config.total_steps={steps}", "--config.checkpoint_every=5",
             f"--config.data.embedded.root={data_root}"]
 
 
@@ -40,6 +40,12 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root
     run(tmp_path / "reference", data_root, 20)
     reference = [(r["step"], r["loss"], r["batch_hash"]) for r in records(tmp_path / "reference")]
     assert [s for s, _, _ in reference] == list(range(1, 21))
+    assert sorted(p.name for p in (tmp_path / "reference" / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "10", "15", "20"]  # every 5 steps, the last 3 kept
+    assert list((tmp_path / "reference" / "tensorboard").glob("events.out.tfevents.*"))
+    fields = set(records(tmp_path / "reference")[0])
+    assert fields == {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "images_per_s", "mfu",
+                      "step_time_s", "batch_hash"}
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, data_root, 20), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
                    weight_decay=0.1, grad_clip_norm=1.0)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)
+    # Short names for the two keys every run sets: --config.total_steps=N --config.checkpoint_every=N.
+    # They are references to train.total_steps and checkpoint.every, so either spelling changes both.
+    c.total_steps = c.train.get_ref("total_steps")
+    c.checkpoint_every = c.checkpoint.get_ref("every")
     return c
 
 
