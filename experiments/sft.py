@@ -31,7 +31,7 @@ def get_config(arg=None):
     learning_rate, epochs = {"1.4b": (2e-5, 3), "2.7b": (3e-5, 2)}[size]
     steps = epochs * SHAREGPT_CONVERSATIONS // 128
     c.model.update(dtype="bfloat16", remat="dots_no_batch")
-    c.data.update(seq_len=2048, workers=4)
+    c.data.update(seq_len=2048, workers=4, pack=False)  # one conversation per row, as FastChat: epochs hold
     c.train.update(total_steps=steps, batch_size=128, accumulation_steps=4)
     c.optim.update(learning_rate=learning_rate, warmup_steps=int(0.04 * steps))
     c.mesh.update(data=1, fsdp=-1)

@@ -59,6 +59,12 @@ def test_lora_stage_trains_adapters_and_projector(sft_model):
                    if "lora_" in jax.tree_util.keystr(path))
     projector = sum(x.size for x in jax.tree.leaves(params["projector"]))
     assert f"trainable {adapters + projector:,} of" in out
+    sft, _ = load_model(root / "sft" / "model")
+    frozen_kernel = params["llm"]["layers"]["attn"]["q_proj"]["kernel"]
+    np.testing.assert_array_equal(frozen_kernel, sft["layers"]["attn"]["q_proj"]["kernel"])  # base stays frozen
+    # A LoRA model (adapters included) continues as init_from of the next run.
+    run("vlm.py:size=tiny,stage=lora", root / "lora2", root / "data", "--config.train.total_steps=1",
+        f"--config.init_from=('={root / 'lora' / 'model'}',)")
 
 
 def test_init_from_a_mismatched_checkpoint_is_refused(sft_model, tmp_path):
@@ -103,3 +109,15 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sft_
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < failed_step
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resuming_a_workdir_under_another_model_is_refused(sft_model, tmp_path):
+    config = pretrain_experiment.get_config("tiny")
+    with config.unlocked():
+        config.data.shards = (str(sft_model / "data" / "shards512"),)
+    config.train.total_steps = 2
+    train(config, str(tmp_path / "run"))
+    with config.unlocked():
+        config.model.llm_overrides = {"num_layers": 3}
+    with pytest.raises(ValueError, match="another model configuration"):
+        train(config, str(tmp_path / "run"))

@@ -115,6 +115,8 @@ def test_non_finite_step_leaves_the_state_unchanged():
     state["trainable"]["final_norm"]["scale"] = state["trainable"]["final_norm"]["scale"].at[0].set(jnp.nan)
     new, metrics = jax.jit(step)(state, llm_batch())
     assert not bool(metrics["finite"]) and int(new["step"]) == 0
+    for a, b in zip(jax.tree.leaves(new["trainable"]), jax.tree.leaves(state["trainable"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(new["opt_state"]), jax.tree.leaves(state["opt_state"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -8,6 +8,7 @@ skips damaged ones (truncated files), saying so.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ class TrainCheckpoints:
                                              item_names=("state", "data", "metadata"))
 
     def save(self, step: int, state: Any, data_stream: Any, metadata: dict) -> None:
+        if step in self.manager.all_steps():  # a damaged checkpoint this run fell back from
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_stream),
             metadata=ocp.args.JsonSave(metadata)), force=True)
@@ -63,10 +66,35 @@ class TrainCheckpoints:
                       "falling back to the previous one", file=sys.stderr)
                 continue
             data_stream.set_state(data_state)
-            for later in [s for s in self.manager.all_steps() if s > step]:
-                self.manager.delete(later)  # the damaged ones: this run writes those steps again
             return step, restored.state, restored.metadata
+        if self.manager.all_steps():
+            raise RuntimeError(f"{self.manager.directory}: none of the checkpoints {sorted(self.manager.all_steps())} "
+                               "could be restored (see above); move them away to start over")
         return None
+
+    def check_compatible(self, metadata: dict) -> None:
+        """Refuse to resume a workdir whose newest checkpoint was written for another model or another
+        split of what trains; report other changed settings (learning rate, total steps, ...)."""
+        steps = self.manager.all_steps()
+        if not steps:
+            return
+        try:
+            saved = self.manager.restore(max(steps), args=ocp.args.Composite(metadata=ocp.args.JsonRestore())).metadata
+        except Exception:  # noqa: BLE001 - a damaged newest checkpoint is handled by restore_latest
+            return
+        metadata = json.loads(json.dumps(metadata))  # tuples -> lists, as the saved JSON has them
+        if saved.get("model") != metadata["model"]:
+            raise ValueError(f"{self.manager.directory} holds checkpoints of another model configuration; "
+                             "use a new --workdir (or init_from to start from them)")
+        old, new = saved.get("config", {}), metadata["config"]
+        if old.get("train", {}).get("trainable") != new["train"]["trainable"] or \
+                old.get("train", {}).get("frozen") != new["train"]["frozen"]:
+            raise ValueError(f"{self.manager.directory}: the checkpoints train {old.get('train', {}).get('trainable')}, "
+                             f"this run {new['train']['trainable']}; use a new --workdir")
+        changed = sorted(f"{group}.{key}" for group in ("optim", "train", "data") for key in new.get(group, {})
+                         if old.get(group, {}).get(key) != new[group][key])
+        if changed:
+            print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -51,8 +51,10 @@ def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> 
             raise ValueError(f"init_from {spec}: parameters do not fit config.model{('.' + part) if part else ''}: "
                              f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}")
         shardings = param_shardings[part] if part else param_shardings
+        loaded_paths = {"/".join(str(getattr(k, "key", k)) for k in key_path)
+                        for key_path, _ in jax.tree_util.tree_leaves_with_path(loaded)}
         placed = merge(target, jax.tree.map(lambda array, s: jax.device_put(array, s), loaded,
-                                            split(shardings, lambda path: "lora_" not in path)[0]))
+                                            split(shardings, lambda path: path in loaded_paths)[0]))
         params = {**params, part: placed} if part else placed
         print(f"initialised {part or 'the model'} from {directory} ({type(loaded_config).__name__})")
     return params
@@ -78,6 +80,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count())
 
     checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config))
+    metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
+    checkpoints.check_compatible(metadata)
     restored = checkpoints.restore_latest(run.abstract_state, data)
     if restored is not None:
         start_step, state, _ = restored
@@ -92,7 +96,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     print(describe(state["trainable"], state["frozen"]))
 
     batch_sharding, jitted = run.batch_sharding, run.step
-    metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)
     peak = peak_flops(jax.devices()[0].device_kind)
     history: list[dict] = []

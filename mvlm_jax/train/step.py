@@ -49,8 +49,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
 
     def step(state: State, batch: Batch) -> tuple[State, dict]:
         rng, step_rng = jax.random.split(state["rng"])
-        micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:]),
-                             batch)
+        # Strided micro-batches (rows i, i + A, ...): every device keeps feeding its own rows, where a
+        # contiguous split would move inputs between data/fsdp shards for every micro-batch.
+        micro = jax.tree.map(lambda x: jnp.swapaxes(
+            x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]), 0, 1), batch)
 
         def accumulate(carry, inputs):
             grads, total, count = carry
