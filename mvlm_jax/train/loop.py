@@ -25,7 +25,7 @@ from mvlm_jax.train import setup
 from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
-from mvlm_jax.train.partition import describe, merge, split
+from mvlm_jax.train.partition import count, describe, merge, split
 from mvlm_jax.train.step import init_state
 
 
@@ -94,6 +94,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         state = jax.jit(lambda t, f, key: init_state(t, f, optimizer, key), out_shardings=state_shardings)(
             trainable, frozen, jax.random.fold_in(rng, 1))
     print(describe(state["trainable"], state["frozen"]))
+    llm_part = lambda tree: tree.get("llm", {}) if "llm" in state["frozen"] or "llm" in state["trainable"] else tree  # noqa: E731
+    llm_trained = count(llm_part(state["trainable"]))
+    trained_share = llm_trained / max(llm_trained + count(llm_part(state["frozen"])), 1)
 
     batch_sharding, jitted = run.batch_sharding, run.step
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)
@@ -117,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                                     f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
             tokens = int(batch["tokens"].size) * jax.process_count()
             images = int((batch["image_slots"] >= 0).sum()) * jax.process_count() if "image_slots" in batch else 0
-            flops = step_flops(model_config, tokens, batch["tokens"].shape[1], images)
+            flops = step_flops(model_config, tokens, batch["tokens"].shape[1], images, trained_share)
             record = {"step": step + 1, "loss": float(metrics["loss"]), "learning_rate": float(metrics["learning_rate"]),
                       "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens / elapsed,
                       "images_per_s": images / elapsed, "step_time_s": elapsed,

@@ -28,17 +28,21 @@ def peak_flops(device_kind: str) -> float | None:
     return None
 
 
-def llm_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+def llm_flops_per_token(config: LlamaConfig, seq_len: int, trained_share: float = 1.0) -> float:
+    """Forward 2N, backward 2N for activation gradients plus 2N for weight gradients of the trained share
+    (a frozen LLM in VLM stage 1 or under LoRA still passes gradients through, but computes no weight
+    gradients: 4N + 2N * share)."""
     embedding = config.vocab_size * config.hidden_size  # a lookup, not a matmul
     dense = llama_params(config) - embedding
     attention = 12 * config.num_layers * seq_len * config.num_heads * config.resolved_head_dim
-    return 6 * dense + attention
+    return (4 + 2 * trained_share) * dense + attention
 
 
-def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0) -> float:
-    """Training FLOPs of one optimizer step over `tokens` tokens and `images` images."""
+def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_share: float = 1.0) -> float:
+    """Training FLOPs of one optimizer step over `tokens` tokens and `images` images; `trained_share`:
+    the fraction of the LLM's weights that get gradients."""
     llm = config.llm if isinstance(config, VLMConfig) else config
-    flops = llm_flops_per_token(llm, seq_len) * tokens
+    flops = llm_flops_per_token(llm, seq_len, trained_share) * tokens
     if isinstance(config, VLMConfig) and images:
         tower = vit_params(config.vision) * config.vision.num_positions * 2  # forward only
         flops += tower * images
