@@ -103,35 +103,52 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     peak = peak_flops(jax.devices()[0].device_kind)
     history: list[dict] = []
     bar = tqdm(total=config.train.total_steps, initial=start_step, disable=None, desc="train")
+    pending: dict | None = None  # the dispatched step whose metrics are not read yet
+    last_done = time.perf_counter()
+
+    def finish(step_info: dict) -> None:
+        """Read a step's metrics (waits for it), stop on a non-finite one, log it."""
+        nonlocal last_done
+        metrics = jax.device_get(step_info["metrics"])
+        done = time.perf_counter()
+        elapsed, last_done = done - max(last_done, step_info["dispatched"]), done
+        if not bool(metrics["finite"]):
+            raise TrainingError(f"step {step_info['step']}: loss {float(metrics['loss'])} / gradient norm "
+                                f"{float(metrics['grad_norm'])} is not finite; the state was not updated and "
+                                f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
+        flops = step_flops(model_config, step_info["tokens"], step_info["seq"], step_info["images"], trained_share)
+        record = {"step": step_info["step"], "loss": float(metrics["loss"]),
+                  "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
+                  "tokens_per_s": step_info["tokens"] / elapsed, "images_per_s": step_info["images"] / elapsed,
+                  "step_time_s": elapsed, "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
+                  "batch_hash": step_info["hash"]}
+        writer.write(record)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        bar.update(1)
+
     try:
         for step in range(start_step, config.train.total_steps):
             batch = next(data)
-            digest = batch_hash(batch)
-            started = time.perf_counter()
+            info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
+                    "tokens": int(batch["tokens"].size) * jax.process_count(),
+                    "images": int((batch["image_slots"] >= 0).sum()) * jax.process_count() if "image_slots" in batch else 0}
             global_batch = jax.tree.map(
                 lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
+            info["dispatched"] = time.perf_counter()
             with sharding.activate(mesh):
-                state, metrics = jitted(state, global_batch)
-            metrics = jax.device_get(metrics)
-            elapsed = time.perf_counter() - started
-            if not bool(metrics["finite"]):
-                raise TrainingError(f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
-                                    f"{float(metrics['grad_norm'])} is not finite; the state was not updated and "
-                                    f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
-            tokens = int(batch["tokens"].size) * jax.process_count()
-            images = int((batch["image_slots"] >= 0).sum()) * jax.process_count() if "image_slots" in batch else 0
-            flops = step_flops(model_config, tokens, batch["tokens"].shape[1], images, trained_share)
-            record = {"step": step + 1, "loss": float(metrics["loss"]), "learning_rate": float(metrics["learning_rate"]),
-                      "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens / elapsed,
-                      "images_per_s": images / elapsed, "step_time_s": elapsed,
-                      "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
-                      "batch_hash": digest}
-            writer.write(record)
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            bar.update(1)
+                state, info["metrics"] = jitted(state, global_batch)
+            # Read the previous step's metrics only now: the host prepares and dispatches step t + 1
+            # while the device still runs step t.
+            if pending is not None:
+                finish(pending)
+            pending = info
             if (step + 1) % config.checkpoint.every == 0 or step + 1 == config.train.total_steps:
+                finish(pending)  # a checkpoint only ever holds a state whose step was checked finite
+                pending = None
                 checkpoints.save(step + 1, state, data, metadata)
+        if pending is not None:
+            finish(pending)
         save_final_model(workdir_path / "model", state, model_config)
     finally:
         bar.close()
