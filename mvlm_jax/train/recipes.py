@@ -21,8 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
                   reset_attention_at_eos=False, workers=0, files=(), format="sharegpt", template="vicuna_v1",
                   tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True,
                   embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
-    c.train = dict(total_steps=100, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",), frozen=(),
-                   log_every=1)
+    c.train = dict(total_steps=100, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",), frozen=())
     c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8,
                    weight_decay=0.1, grad_clip_norm=1.0)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
