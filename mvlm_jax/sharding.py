@@ -12,8 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -101,10 +100,3 @@ def describe(shardings: Any) -> dict[str, str]:
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
     return {"/".join(str(getattr(k, "key", k)) for k in path): str(s.spec) for path, s in flat}
 
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def host_array(x: Any) -> np.ndarray:
-    return np.asarray(jax.device_get(x))

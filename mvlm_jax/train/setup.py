@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 
@@ -75,10 +74,6 @@ def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_i
             image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
             images_per_row=data.images_per_row, pack=data.pack, read=read), process_index, process_count)
     raise ValueError(f"config.data.kind: {data.kind!r}; expected pretrain or conversation")
-
-
-def tokens_per_batch(batch: dict[str, Any]) -> int:
-    return int(batch["tokens"].size)
 
 
 def workdir_path(workdir: str) -> Path:
