@@ -95,8 +95,13 @@ def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh
     return params, shardings
 
 
+def path_of(key_path) -> str:
+    """A jax key path as "llm/layers/attn/q_proj/kernel" (the form path patterns and logs use)."""
+    return "/".join(str(getattr(k, "key", k)) for k in key_path)
+
+
 def describe(shardings: Any) -> dict[str, str]:
     """'path/to/param' -> PartitionSpec text, for logs and plans."""
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): str(s.spec) for path, s in flat}
+    return {path_of(path): str(s.spec) for path, s in flat}
 

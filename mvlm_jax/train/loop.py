@@ -25,6 +25,7 @@ from mvlm_jax.train import setup
 from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
+from mvlm_jax.sharding import path_of
 from mvlm_jax.train.partition import count, describe, merge, split
 from mvlm_jax.train.step import init_state
 
@@ -51,8 +52,7 @@ def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> 
             raise ValueError(f"init_from {spec}: parameters do not fit config.model{('.' + part) if part else ''}: "
                              f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}")
         shardings = param_shardings[part] if part else param_shardings
-        loaded_paths = {"/".join(str(getattr(k, "key", k)) for k in key_path)
-                        for key_path, _ in jax.tree_util.tree_leaves_with_path(loaded)}
+        loaded_paths = {path_of(key_path) for key_path, _ in jax.tree_util.tree_leaves_with_path(loaded)}
         placed = merge(target, jax.tree.map(lambda array, s: jax.device_put(array, s), loaded,
                                             split(shardings, lambda path: path in loaded_paths)[0]))
         params = {**params, part: placed} if part else placed

@@ -12,7 +12,7 @@ import re
 import jax
 import optax
 
-from mvlm_jax.train.partition import path_of
+from mvlm_jax.sharding import path_of
 
 NO_DECAY = (r"(^|/)bias$", r"(^|/)scale$", r"norm/", r"class_embedding$")
 

@@ -15,10 +15,6 @@ import jax
 Params = dict[str, Any]
 
 
-def path_of(key_path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in key_path)
-
-
 def _filter(tree: Params, keep: Callable[[str], bool], prefix: str = "") -> Params:
     out = {}
     for key, value in tree.items():
