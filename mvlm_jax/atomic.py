@@ -57,3 +57,20 @@ def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Pa
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside the file `out`; on success it replaces `out` (one rename, so a reader
+    sees the old file or the complete new one), on failure it is removed. Same `force` rules as above."""
+    ensure_writable(out, force)
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        yield partial
+        ensure_writable(out, force)
+        os.replace(partial, out)
+    finally:
+        if partial.exists():
+            partial.unlink()

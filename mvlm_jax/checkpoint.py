@@ -3,11 +3,13 @@
 Layout of CKPT_DIR:
   model_config.json   {"kind": "llm" | "vision" | "vlm", "config": {...}}  (models.config.to_dict)
   params/             orbax PyTree checkpoint of the unboxed float32 parameter tree
+  tokenizer.model     optional: the SentencePiece model the LLM was trained with (GGUF export, chat)
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from mvlm_jax.models.config import ModelConfig, from_dict, to_dict
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+TOKENIZER_FILE = "tokenizer.model"
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -44,9 +47,13 @@ def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
-def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False) -> Path:
-    """Write params (numpy or jax arrays) and config atomically to `directory`."""
+def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False,
+               tokenizer: str | os.PathLike | None = None) -> Path:
+    """Write params (numpy or jax arrays), config and optionally a copy of the tokenizer atomically to
+    `directory`."""
     with atomic_directory(directory, force=force) as partial:
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, partial / TOKENIZER_FILE)
         with _checkpointer() as checkpointer:
             checkpointer.save(partial / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         (partial / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")

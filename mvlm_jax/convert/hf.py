@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from mvlm_jax.atomic import atomic_directory, ensure_writable
-from mvlm_jax.checkpoint import load_model, save_model
+from mvlm_jax.checkpoint import TOKENIZER_FILE, load_model, save_model
 from mvlm_jax.convert import hf_config
 from mvlm_jax.convert.families import clip_mapping, llama_mapping, projector_mapping
 from mvlm_jax.convert.mapping import ConversionError, Mapping, export_tensors, import_params
@@ -107,7 +107,8 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     ensure_writable(out, force)
     config, mapping, source = plan_import(hf_dir, Path(vision_dir) if vision_dir else None)
     params = import_params(source, mapping, nn.unbox(abstract_params(config)))
-    save_model(out, params, config, force=force)
+    tokenizer = hf_dir / TOKENIZER_FILE  # the SentencePiece model, kept for GGUF export and chat
+    save_model(out, params, config, force=force, tokenizer=tokenizer if tokenizer.is_file() else None)
     return config
 
 

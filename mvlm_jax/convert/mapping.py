@@ -128,14 +128,27 @@ def import_params(source: TensorSource, mapping: Mapping, abstract: Any) -> Para
     return params
 
 
-def export_tensors(params: Params, mapping: Mapping, dtype: np.dtype = np.float32) -> Iterator[tuple[str, np.ndarray]]:
-    """(source name, array in source layout) pairs, one tensor at a time."""
+def export_plan(params: Params, mapping: Mapping) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+    """(source name, source shape, loader) per source tensor, in mapping order. A loader returns the float32
+    array in source layout when called, so a writer can lay out a file first and convert one tensor at a time."""
     flat = flatten_paths(params)
     missing = sorted("/".join(e.path) for e in mapping.entries if e.path not in flat)
     if missing:
         raise ConversionError(f"parameter(s) {missing} missing from the checkpoint")
+    plan = []
     for entry in mapping.entries:
         value = flat[entry.path]
-        slices: Sequence = [value[i] for i in range(entry.layers)] if entry.layers else [value]
-        for name, piece in zip(entry.source_names(), slices):
-            yield name, np.ascontiguousarray(entry.to_source(np.asarray(piece, np.float32))).astype(dtype)
+        for index, name in enumerate(entry.source_names()):
+            piece_shape = tuple(value.shape[1:] if entry.layers else value.shape)
+
+            def load(value=value, index=index, entry=entry) -> np.ndarray:
+                piece = value[index] if entry.layers else value
+                return np.ascontiguousarray(entry.to_source(np.asarray(piece, np.float32)))
+            plan.append((name, _source_shape(entry, piece_shape), load))
+    return plan
+
+
+def export_tensors(params: Params, mapping: Mapping, dtype: np.dtype = np.float32) -> Iterator[tuple[str, np.ndarray]]:
+    """(source name, array in source layout) pairs, one tensor at a time."""
+    for name, _, load in export_plan(params, mapping):
+        yield name, load().astype(dtype)

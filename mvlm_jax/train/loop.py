@@ -60,14 +60,16 @@ def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> 
     return params
 
 
-def save_final_model(directory: Path, state: dict, model_config) -> None:
-    """The trained parameters as a model checkpoint (`init_from` of the next stage, HF / GGUF export)."""
+def save_final_model(directory: Path, state: dict, model_config, tokenizer: str | None = None) -> None:
+    """The trained parameters as a model checkpoint (`init_from` of the next stage, HF / GGUF export), with
+    a copy of the run's tokenizer."""
     params = merge(state["trainable"], state["frozen"])
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        save_model(directory, jax.tree.map(np.asarray, jax.device_get(params)), model_config, force=True)
+        save_model(directory, jax.tree.map(np.asarray, jax.device_get(params)), model_config, force=True,
+                   tokenizer=tokenizer or None)
         print(f"wrote the trained model to {directory}")
 
 
@@ -149,7 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                 checkpoints.save(step + 1, state, data, metadata)
         if pending is not None:
             finish(pending)
-        save_final_model(workdir_path / "model", state, model_config)
+        save_final_model(workdir_path / "model", state, model_config, config.data.get("tokenizer"))
     finally:
         bar.close()
         checkpoints.wait()

@@ -1,0 +1,167 @@
+"""Running exported GGUF files in llama.cpp (through llama-cpp-python and its `mtmd` bindings).
+
+One object holds the text model and, for a VLM, the mmproj context. Prompts are lists of segments, each
+either token ids (ours, so JAX and llama.cpp see exactly the same ids) or an RGB image: an image segment
+is encoded by mtmd (vision tower + projector) and its embeddings are decoded into the KV cache at the
+current position, as llama.cpp's own multimodal CLI does.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+Segment = Union[Sequence[int], np.ndarray]  # token ids, or an image [H, W, 3] uint8
+
+
+def _threads(n_threads: int | None) -> int:
+    return n_threads or os.cpu_count() or 1
+
+
+class LlamaCppModel:
+    """A GGUF LLM (+ optional mmproj) in llama.cpp on the CPU. Use as a context manager or call close()."""
+
+    def __init__(self, model_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None,
+                 n_ctx: int = 1024, n_threads: int | None = None, n_batch: int = 512):
+        import llama_cpp
+
+        for path in [model_path] + ([mmproj_path] if mmproj_path else []):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: GGUF file not found")
+        self._lib = llama_cpp
+        self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                   n_threads=_threads(n_threads), n_threads_batch=_threads(n_threads),
+                                   logits_all=True, verbose=False)
+        self.n_batch = n_batch
+        self.mtmd = None
+        if mmproj_path is not None:
+            from llama_cpp import mtmd_cpp
+
+            self._mtmd_lib = mtmd_cpp
+            params = mtmd_cpp.mtmd_context_params_default()
+            params.use_gpu = False
+            params.n_threads = _threads(n_threads)
+            params.print_timings = False
+            params.warmup = False
+            self.mtmd = mtmd_cpp.mtmd_init_from_file(str(mmproj_path).encode(), self.llm.model, params)
+            if not self.mtmd:
+                raise RuntimeError(f"llama.cpp could not load the mmproj {mmproj_path} for {model_path} "
+                                   "(run with verbose llama.cpp logs to see why)")
+
+    # -- text ----------------------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self.llm.n_vocab()
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Per-position logits [len(tokens), vocab] of a fresh sequence."""
+        self.llm.reset()
+        self.llm.eval(list(tokens))
+        return np.array(self.llm.scores[:len(tokens)], np.float32)
+
+    # -- images --------------------------------------------------------------------------------------
+    def _image_chunks(self, image: np.ndarray):
+        """mtmd chunks of one image (through the media marker), with the bitmap that backs them."""
+        mtmd = self._mtmd_lib
+        if self.mtmd is None:
+            raise ValueError("this model has no mmproj; pass mmproj_path to use images")
+        image = np.ascontiguousarray(image, np.uint8)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got {list(image.shape)}")
+        height, width = image.shape[:2]
+        data = (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())
+        bitmap = mtmd.mtmd_bitmap_init(width, height, data)
+        chunks = mtmd.mtmd_input_chunks_init()
+        marker = mtmd.mtmd_default_marker()
+        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
+        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        status = mtmd.mtmd_tokenize(self.mtmd, chunks, ctypes.byref(text), bitmaps, 1)
+        if status != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+            raise RuntimeError(f"mtmd could not tokenize the image (status {status})")
+        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                return chunks, chunk, bitmap
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
+        raise RuntimeError("mtmd produced no image chunk")
+
+    def _free(self, chunks, bitmap) -> None:
+        self._mtmd_lib.mtmd_input_chunks_free(chunks)
+        self._mtmd_lib.mtmd_bitmap_free(bitmap)
+
+    def image_embeddings(self, image: np.ndarray) -> np.ndarray:
+        """llama.cpp's embeddings of one RGB image [H, W, 3] uint8: [visual_tokens, n_embd] float32."""
+        mtmd = self._mtmd_lib
+        chunks, chunk, bitmap = self._image_chunks(image)
+        try:
+            if mtmd.mtmd_encode_chunk(self.mtmd, chunk) != 0:
+                raise RuntimeError("mtmd failed to encode the image")
+            n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            embd = mtmd.mtmd_get_output_embd(self.mtmd)
+            return np.ctypeslib.as_array(embd, shape=(n_tokens * self.llm.n_embd(),)).reshape(n_tokens, -1).copy()
+        finally:
+            self._free(chunks, bitmap)
+
+    def _eval_image(self, image: np.ndarray, logits_last: bool) -> None:
+        mtmd = self._mtmd_lib
+        chunks, chunk, bitmap = self._image_chunks(image)
+        try:
+            new_n_past = self._lib.llama_pos(0)
+            status = mtmd.mtmd_helper_eval_chunk_single(self.mtmd, self.llm.ctx, chunk, self.llm.n_tokens, 0,
+                                                        self.n_batch, logits_last, ctypes.byref(new_n_past))
+            if status != 0:
+                raise RuntimeError(f"llama.cpp failed to evaluate the image (status {status})")
+            self.llm.n_tokens = int(new_n_past.value)  # positions continue after the image's tokens
+        finally:
+            self._free(chunks, bitmap)
+
+    # -- prompts and generation ----------------------------------------------------------------------
+    def prefill(self, segments: Sequence[Segment]) -> np.ndarray:
+        """Evaluate a fresh prompt; returns the logits [vocab] of its last position."""
+        self.llm.reset()
+        for index, segment in enumerate(segments):
+            last = index == len(segments) - 1
+            if isinstance(segment, np.ndarray) and segment.ndim == 3:
+                self._eval_image(segment, logits_last=last)
+            elif len(segment):
+                self.llm.eval(list(int(t) for t in segment))
+        if isinstance(segments[-1], np.ndarray) and segments[-1].ndim == 3:
+            row = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+            return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+
+    def greedy(self, segments: Sequence[Segment], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
+        """Greedy continuation of the prompt; stops after `eos_id` (included) or `max_new_tokens`."""
+        logits = self.prefill(segments)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits))
+            out.append(token)
+            if token == eos_id:
+                break
+            self.llm.eval([token])
+            logits = self.llm.scores[self.llm.n_tokens - 1]
+        return out
+
+    def close(self) -> None:
+        if self.mtmd is not None:
+            self._mtmd_lib.mtmd_free(self.mtmd)
+            self.mtmd = None
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self) -> "LlamaCppModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""One export call: a checkpoint to the GGUF files llama.cpp loads (the LLM, plus an mmproj for a VLM)."""
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from pathlib import Path
+
+from mvlm_jax.atomic import atomic_file, ensure_writable
+from mvlm_jax.checkpoint import TOKENIZER_FILE, load_model
+from mvlm_jax.export.gguf_io import FILE_TYPES, write_gguf
+from mvlm_jax.export.llm_gguf import llm_metadata, llm_tensors
+from mvlm_jax.export.mmproj_gguf import ClsMode, check_supported, mmproj_metadata, mmproj_tensors
+from mvlm_jax.models.config import LlamaConfig, VLMConfig
+from mvlm_jax.models.lora import merge_lora
+
+
+def output_paths(out: str | os.PathLike, name: str, file_type: str, vision: bool) -> list[Path]:
+    out = Path(out)
+    paths = [out / f"{name}-{file_type}.gguf"]
+    if vision:
+        paths.append(out / f"mmproj-{name}-f16.gguf")
+    return paths
+
+
+def llamacpp_quantize(source: Path, target: Path, file_type: str, threads: int = 0) -> None:
+    """K-quants through llama.cpp's own quantizer (the gguf package cannot make them)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(FILE_TYPES[file_type][0])
+    params.nthread = threads or os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {file_type} (status {status})")
+
+
+def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str = "f16",
+                tokenizer: str | os.PathLike | None = None, name: str | None = None, cls: ClsMode = "keep",
+                force: bool = False) -> list[Path]:
+    """Write the GGUF file(s) for checkpoint `ckpt` into directory `out`; returns their paths.
+
+    Every file is written under a temporary name and renamed when complete; existing files are kept
+    unless `force`. For K-quant types an F16 file is written to a temporary directory first.
+    """
+    if file_type not in FILE_TYPES:
+        raise ValueError(f"unknown GGUF type {file_type!r}; expected one of {list(FILE_TYPES)}")
+    ckpt = Path(ckpt)
+    name = name or ckpt.absolute().name
+    tokenizer = Path(tokenizer) if tokenizer else ckpt / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer}: no SentencePiece model; the checkpoint carries none, pass --tokenizer")
+    params, config = load_model(ckpt)
+    if not isinstance(config, (LlamaConfig, VLMConfig)):
+        raise ValueError(f"{ckpt}: a {type(config).__name__} checkpoint has no GGUF export (export the VLM that holds it)")
+    vision = isinstance(config, VLMConfig)
+    if vision:
+        check_supported(config)
+    paths = output_paths(out, name, file_type, vision)
+    for path in paths:
+        ensure_writable(path, force)
+    params, config = merge_lora(params, config)
+    llm_params, llm_config = (params["llm"], config.llm) if vision else (params, config)
+
+    llama_type, matrices = FILE_TYPES[file_type]
+    direct = file_type in ("f32", "f16", "q8_0")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
+        first = paths[0] if direct else Path(scratch) / "f16.gguf"
+        written_type, written_matrices = (llama_type, matrices) if direct else FILE_TYPES["f16"]
+        write_gguf(first, "llama", llm_metadata(llm_config, name, written_type, tokenizer),
+                   llm_tensors(llm_params, llm_config, written_matrices), force=force)
+        if not direct:
+            with atomic_file(paths[0], force=force) as partial:
+                llamacpp_quantize(first, partial, file_type)
+    if vision:
+        write_gguf(paths[1], "clip", mmproj_metadata(config, f"mmproj-{name}"), mmproj_tensors(params, config, cls),
+                   force=force)
+    return paths
