@@ -10,6 +10,7 @@ from typing import Sequence
 # subcommand -> (module whose main(argv) runs it, help)
 COMMANDS = {
     "convert": ("mvlm_jax.convert.hf", "Hugging Face <-> checkpoint (import / export)"),
+    "export": ("mvlm_jax.export.__main__", "checkpoint -> GGUF for llama.cpp (LLM + mmproj)"),
     "data tokenizer": ("data_pipelines.tokenizer", "train a LLaMA-2-style SentencePiece tokenizer"),
     "data shard": ("data_pipelines.shards", "tokenize corpora into memory-mapped token shards"),
     "data check": ("data_pipelines.check", "validate a llava / sharegpt / text dataset file"),

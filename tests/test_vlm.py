@@ -28,11 +28,13 @@ PROJECTORS = {"ldpnet": torch_refs.LDP, "ldpnetv2": lambda w, d: torch_refs.LDPv
 SLOT, TEXT_AFTER = 3, 5
 
 
-def build_mobilevlm(directory, projector_type: str, with_tower_tensors: bool = True):
+def build_mobilevlm(directory, projector_type: str, with_tower_tensors: bool = True, llama_shape: dict | None = None,
+                    clip_shape: dict | None = None):
     """MobileVLM layout: LLaMA names, model.vision_tower.vision_tower.vision_model.*, model.mm_projector.*"""
-    llama = hf_builders.llama(directory / "llm", seed=11)
-    clip = hf_builders.clip_vision(directory / "clip", seed=12)
-    projector = torch_refs.randomize_(PROJECTORS[projector_type](32, 48).eval(), seed=13)
+    llama = hf_builders.llama(directory / "llm", seed=11, **(llama_shape or {}))
+    clip = hf_builders.clip_vision(directory / "clip", seed=12, **(clip_shape or {}))
+    projector = torch_refs.randomize_(PROJECTORS[projector_type](clip.config.hidden_size,
+                                                                 llama.config.hidden_size).eval(), seed=13)
     state = hf_builders.numpy_state(llama)
     if with_tower_tensors:
         state.update(hf_builders.numpy_state(clip, "model.vision_tower.vision_tower.vision_model."))
@@ -41,7 +43,7 @@ def build_mobilevlm(directory, projector_type: str, with_tower_tensors: bool = T
     save_file(state, str(directory / "vlm" / "model.safetensors"))
     config = json.loads((directory / "llm" / "config.json").read_text())
     config.update(model_type="mobilevlm", architectures=["MobileLlamaForCausalLM"], mm_projector_type=projector_type,
-                  mm_vision_tower=str(directory / "clip"), mm_hidden_size=32, mm_vision_select_layer=-2,
+                  mm_vision_tower=str(directory / "clip"), mm_hidden_size=clip.config.hidden_size, mm_vision_select_layer=-2,
                   mm_vision_select_feature="patch", image_aspect_ratio="pad")
     (directory / "vlm" / "config.json").write_text(json.dumps(config))
     return llama, clip, projector
