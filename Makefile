@@ -8,8 +8,9 @@ WORKDIR ?= runs/$@-$(SIZE)
 ARGS    ?=
 
 MESH    ?= data=1,fsdp=8,tensor=1
+TYPE    ?= q4_k_s
 
-.PHONY: install test bench clean pretrain sft vlm plan
+.PHONY: install test bench clean pretrain sft vlm plan demo export
 
 install:
 	python3 -m venv .venv
@@ -32,6 +33,12 @@ sft:
 
 vlm:
 	$(PY) -m mvlm_jax.train --config experiments/vlm.py:size=$(SIZE),stage=$(STAGE) --workdir runs/vlm$(STAGE)-$(SIZE) $(ARGS)
+
+demo:
+	$(PY) -m mvlm_jax.demo --workdir runs/demo $(ARGS)
+
+export:
+	$(PY) -m mvlm_jax.export --ckpt $(CKPT) --out $(OUT) --type $(TYPE) $(ARGS)
 
 plan:
 	$(PY) -m mvlm_jax.train.plan --config experiments/pretrain.py:size=$(SIZE) --mesh $(MESH) $(ARGS)

@@ -6,9 +6,9 @@
 
 1.4b / 2.7b: RedPajama v1 with the Table 12 mixture, sequences of 2048, global batch 2560 x 2048 tokens
 (5,242,880), AdamW betas (0.9, 0.95), weight decay 0.1, peak 3e-4 cosine to 3e-5 after 2000 warmup
-iterations, clipping 1.0, bf16 compute. tiny: the embedded corpus on this CPU in minutes.
+iterations, clipping 1.0, bf16 compute. tiny / demo: the embedded corpus on this CPU in minutes.
 """
-from mvlm_jax.train.recipes import base_config, parse_arg
+from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
 
 REDPAJAMA_PARTS = ("arxiv", "book", "c4", "common_crawl", "github", "stackexchange", "wikipedia")
 
@@ -24,6 +24,13 @@ def get_config(arg=None):
         c.train.update(total_steps=200, batch_size=8)
         c.optim.update(learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=20)
         c.checkpoint.every = 50
+        return c
+    if size == "demo":  # make demo: about 2 epochs of the demo corpus
+        embedded_demo(c)
+        c.data.seq_len = 256
+        c.train.update(total_steps=300, batch_size=16)
+        c.optim.update(learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=20)
+        c.checkpoint.every = 100
         return c
     c.model.update(dtype="bfloat16", remat="dots_no_batch")
     c.data.update(mixture="redpajama_table12", mixture_dirs={p: "" for p in REDPAJAMA_PARTS}, seq_len=2048,

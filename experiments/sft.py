@@ -10,7 +10,7 @@ Recipe: vicuna_v1 template, loss on the answers only, sequences of 2048, 128 seq
 (the paper; the scripts use 256), cosine with 4 % warmup to 0, no weight decay, HF Trainer's AdamW betas
 (0.9, 0.999); 1.4B: lr 2e-5 for 3 epochs, 2.7B: lr 3e-5 for 2 epochs.
 """
-from mvlm_jax.train.recipes import base_config, parse_arg
+from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
 
 SHAREGPT_CONVERSATIONS = 94_000  # about, after cleaning; set total_steps for your data
 
@@ -23,6 +23,13 @@ def get_config(arg=None):
     c.optim.update(b2=0.999, weight_decay=0.0, min_learning_rate=0.0)
     if size == "tiny":
         c.data.embedded.update(enabled=True, files=("sharegpt",))
+        c.data.seq_len = 512
+        c.train.update(total_steps=150, batch_size=8)
+        c.optim.update(learning_rate=1e-3, warmup_steps=6)
+        c.checkpoint.every = 50
+        return c
+    if size == "demo":
+        embedded_demo(c)
         c.data.seq_len = 512
         c.train.update(total_steps=150, batch_size=8)
         c.optim.update(learning_rate=1e-3, warmup_steps=6)

@@ -11,15 +11,15 @@ LoRA: stage-2 data, adapters r 128, alpha 256, dropout 0.05 on every LLM Linear 
 lr 1e-4 (1.7B) / 2e-4 (3B). All: no weight decay, 3 % warmup, cosine to 0, AdamW (0.9, 0.999), bf16.
 The vision tower is always frozen.
 """
-from mvlm_jax.train.recipes import base_config, parse_arg
+from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
 
 STAGES = {
     "1": dict(trainable=(r"^projector/",), files=("llava_caption",), template="plain", pad=False, examples=558_128,
-              batch=256, lr={"tiny": 3e-3, "1.4b": 1e-3, "2.7b": 1e-3}),
+              batch=256, lr={"tiny": 3e-3, "demo": 3e-3, "1.4b": 1e-3, "2.7b": 1e-3}),
     "2": dict(trainable=(r"^projector/", r"^llm/"), files=("llava_instruct",), template="vicuna_v1", pad=True,
-              examples=665_298, batch=128, lr={"tiny": 1e-3, "1.4b": 2e-5, "2.7b": 4e-5}),
+              examples=665_298, batch=128, lr={"tiny": 1e-3, "demo": 1e-3, "1.4b": 2e-5, "2.7b": 4e-5}),
     "lora": dict(trainable=(r"^projector/", r"/lora_[ab]$"), files=("llava_instruct",), template="vicuna_v1",
-                 pad=True, examples=665_298, batch=128, lr={"tiny": 1e-3, "1.4b": 1e-4, "2.7b": 2e-4}),
+                 pad=True, examples=665_298, batch=128, lr={"tiny": 1e-3, "demo": 1e-3, "1.4b": 1e-4, "2.7b": 2e-4}),
 }
 
 
@@ -28,9 +28,10 @@ def get_config(arg=None):
     size, stage = args.get("size", "tiny"), args.get("stage", "1")
     recipe = STAGES[stage]
     c = base_config()
-    c.model.update(kind="vlm", llm=size, vision="tiny" if size == "tiny" else "l14_336", projector="ldp")
+    small = size in ("tiny", "demo")
+    c.model.update(kind="vlm", llm=size, vision=size if small else "l14_336", projector="ldp")
     if stage == "lora":
-        c.model.lora.update(rank=8 if size == "tiny" else 128, alpha=16.0 if size == "tiny" else 256.0, dropout=0.05)
+        c.model.lora.update(rank=8 if small else 128, alpha=16.0 if small else 256.0, dropout=0.05)
     c.train.trainable = recipe["trainable"]
     c.data.update(kind="conversation", format="llava", template=recipe["template"], pad_images=recipe["pad"])
     c.optim.update(b2=0.999, weight_decay=0.0, min_learning_rate=0.0, learning_rate=recipe["lr"][size])
@@ -41,6 +42,14 @@ def get_config(arg=None):
         c.train.update(total_steps=150, batch_size=8)
         c.optim.warmup_steps = 5
         c.checkpoint.every = 50
+        return c
+    if size == "demo":  # 336-pixel images for the demo tower (llama.cpp's 24x24 grid, no class token)
+        embedded_demo(c)
+        c.data.embedded.files = recipe["files"]
+        c.data.update(seq_len=512, images_per_row=2)
+        c.train.update(total_steps={"1": 150, "2": 400, "lora": 400}[stage], batch_size=8)
+        c.optim.warmup_steps = 10
+        c.checkpoint.every = 100
         return c
     steps = recipe["examples"] // recipe["batch"]
     c.model.update(dtype="bfloat16", remat="dots_no_batch")

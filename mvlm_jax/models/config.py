@@ -153,12 +153,18 @@ def projector_output_tokens(config: ProjectorConfig, num_input_tokens: int) -> i
 LLAMA_PRESETS: dict[str, LlamaConfig] = {
     "tiny": LlamaConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
                         intermediate_size=176, max_position_embeddings=512),
+    # `make demo`: trains on the embedded data on a 2-core CPU in minutes.
+    "demo": LlamaConfig(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4,
+                        intermediate_size=352, max_position_embeddings=1024),
     "1.4b": LlamaConfig(),
     "2.7b": LlamaConfig(hidden_size=2560, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=6912),
 }
 
 VISION_PRESETS: dict[str, VisionConfig] = {
     "tiny": VisionConfig(image_size=48, patch_size=8, width=32, num_layers=3, num_heads=4, mlp_dim=64),
+    # The demo's tower: llama.cpp's 24x24 grid (336 / 14), no class token, so llama.cpp runs it exactly.
+    "demo": VisionConfig(image_size=336, patch_size=14, width=64, num_layers=3, num_heads=4, mlp_dim=128,
+                         class_token=False),
     "b16_224": VisionConfig(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072),
     "l14_336": VisionConfig(),
 }

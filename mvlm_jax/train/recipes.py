@@ -40,3 +40,9 @@ def parse_arg(arg: str | None) -> dict[str, str]:
         key, _, value = part.partition("=")
         out.update({key: value} if value else {"size": key})
     return out
+
+
+def embedded_demo(c: ml_collections.ConfigDict) -> None:
+    """`demo` size: the embedded dataset's demo split with 336-pixel images (the demo tower's 24x24 grid),
+    one shared data directory when `data.embedded.root` is set (make demo sets it)."""
+    c.data.embedded.update(enabled=True, size="demo", image_size=336)
