@@ -45,6 +45,8 @@ def get_config(arg=None):
         return c
     if size == "demo":  # 336-pixel images for the demo tower (llama.cpp's 24x24 grid, no class token)
         embedded_demo(c)
+        if args.get("cls") == "1":  # the same tower with a class token (bench.cls_defect)
+            c.model.vision_overrides = {"class_token": True}
         c.data.embedded.files = recipe["files"]
         c.data.update(seq_len=512, images_per_row=2)
         c.train.update(total_steps={"1": 150, "2": 400, "lora": 400}[stage], batch_size=8)

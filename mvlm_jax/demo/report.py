@@ -1,0 +1,70 @@
+"""The demo's summary: a markdown table per part and the loss curves of every training stage."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from mvlm_jax.demo.evaluate import accuracy, chance
+
+
+def _metrics(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row  # a resumed run rewrites the steps after its checkpoint: keep the last
+    return [rows[step] for step in sorted(rows)]
+
+
+def plot_losses(workdir: Path, stages: Sequence[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
+    for axis, stage in zip(axes[0], stages):
+        rows = _metrics(workdir / stage)
+        axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], linewidth=1)
+        axis.set_title(stage)
+        axis.set_xlabel("step")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss (per target token)")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def write(workdir: Path, stages: Sequence[str], results: Sequence[dict], agreement: dict, seconds: dict,
+          total_seconds: float) -> str:
+    """Write summary.md and loss_curves.png; returns the markdown."""
+    lines = ["# MobileVLM demo", "", "## Training", "", "| stage | steps | first loss | last loss | tokens/s | time now |",
+             "|---|---|---|---|---|---|"]
+    for stage in stages:
+        rows = _metrics(workdir / stage)
+        if rows:
+            speed = sum(r["tokens_per_s"] for r in rows[-10:]) / len(rows[-10:])
+            lines.append(f"| {stage} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
+                         f"{speed:,.0f} | {seconds.get(stage, 0):.0f} s{' (reused)' if not seconds.get(stage) else ''} |")
+    scores = accuracy(results)
+    lines += ["", f"## Held-out image questions (JAX, greedy, {len(results)} questions)", "",
+              "| question type | accuracy |", "|---|---|"]
+    lines += [f"| {kind} | {value:.1%} |" for kind, value in scores.items() if kind != "all"]
+    lines += [f"| **all** | **{scores['all']:.1%}** (chance {chance(results):.1%}) |", "",
+              "## llama.cpp (GGUF: LLM + mmproj), same prompts and images", "",
+              "| LLM type | questions | same answer as JAX | same tokens | accuracy (llama.cpp) | accuracy (JAX) |",
+              "|---|---|---|---|---|---|"]
+    for file_type, a in agreement.items():
+        lines.append(f"| {file_type} | {a['questions']} | {a['same_answers']} | {a['same_tokens']} | "
+                     f"{a['accuracy']:.1%} | {a['jax_accuracy']:.1%} |")
+    lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
+    lines += [f"| total | {total_seconds:.0f} |", "", "![loss curves](loss_curves.png)", ""]
+    text = "\n".join(lines)
+    (workdir / "summary.md").write_text(text)
+    plot_losses(workdir, stages, workdir / "loss_curves.png")
+    return text
