@@ -135,11 +135,14 @@ def maybe_remat(block: type[nn.Module], policy: str) -> type[nn.Module]:
     return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=False)
 
 
-def scan_layers(block: type[nn.Module], length: int, policy: str, broadcast_args: int) -> type[nn.Module]:
-    """Stack `length` copies of `block` (signature (carry, *broadcast) -> (carry, None)) under nn.scan.
+def scan_layers(block: type[nn.Module], length: int, policy: str, broadcast_args: int,
+                scanned_args: int = 0) -> type[nn.Module]:
+    """Stack `length` copies of `block` (signature (carry, *broadcast, *scanned) -> (carry, per-layer output))
+    under nn.scan. The last `scanned_args` arguments are sliced along their leading [layers] axis (e.g. a
+    KV cache; None passes through as an empty tree).
 
     Parameters get a leading [layers] axis with the logical name "layers".
     """
     return nn.scan(maybe_remat(block, policy), variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast,) * broadcast_args, length=length,
+                   in_axes=(nn.broadcast,) * broadcast_args + (0,) * scanned_args, length=length,
                    metadata_params={nn.PARTITION_NAME: "layers"})
