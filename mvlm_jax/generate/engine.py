@@ -1,6 +1,6 @@
 """The generation engine: KV-cache prefill and decode under jax.jit, for MobileLLaMA and MobileVLM.
 
-The cache has a static shape, [layers, batch, max_len, kv_heads, head_dim] for keys and for values, so
+The cache has a static shape, [layers, batch, kv_heads, max_len, head_dim] for keys and for values, so
 decoding compiles once per (batch, max_len). A batch of prompts of different lengths is left-padded to a
 common bucket length (powers of two, so prefill compiles once per bucket): every row then writes its
 next token to the same cache slot, padded slots are never attended to (`valid`), and each row's RoPE
@@ -52,7 +52,7 @@ class Completion:
 class DecodeState(NamedTuple):
     """Everything decoding carries from step to step (a pytree; donated to the jitted loop)."""
 
-    cache: KVCache  # (key, value), each [layers, batch, max_len, kv_heads, head_dim]
+    cache: KVCache  # (key, value), each [layers, batch, kv_heads, max_len, head_dim]
     valid: jax.Array  # [batch, max_len] bool: the slot holds a real (not padding, not yet empty) token
     offsets: jax.Array  # [batch] int32 left padding per row; RoPE position = slot - offset
     index: jax.Array  # int32 scalar: the cache slot the next fed token goes to
@@ -109,15 +109,14 @@ class Static:
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int) -> KVCache:
-    """Zeroed (key, value), each [layers, batch, max_len, kv_heads, head_dim] in the compute dtype."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+    """Zeroed (key, value), each [layers, batch, kv_heads, max_len, head_dim] in the compute dtype."""
+    shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.resolved_head_dim)
     return jnp.zeros(shape, DTYPES[config.dtype]), jnp.zeros(shape, DTYPES[config.dtype])
 
 
 def _llm_forward(static: Static, params: Any, *args: Any, **kwargs: Any) -> tuple[jax.Array, KVCache]:
     llm_params = params["llm"] if static.is_vlm else params
-    return MobileLLaMA(static.llm_config).apply({"params": llm_params}, *args, **kwargs,
-                                                method=MobileLLaMA.forward_with_cache)
+    return MobileLLaMA(static.llm_config).apply({"params": llm_params}, *args, **kwargs, method=MobileLLaMA.forward_with_cache)
 
 
 def _embed(static: Static, params: Any, tokens: jax.Array, images: jax.Array | None,
@@ -145,15 +144,16 @@ def prefill_fn(static: Static, params: Any, tokens: jax.Array, valid: jax.Array,
     offsets = length - jnp.sum(valid, axis=1, dtype=jnp.int32)
     slots = jnp.arange(length, dtype=jnp.int32)
     positions = jnp.maximum(slots[None, :] - offsets[:, None], 0)
-    all_valid = jnp.zeros((batch, max_len), bool).at[:, :length].set(valid)
-    # causal over slots and within one kind (real tokens see real tokens, padding sees padding only)
-    causal = jnp.arange(max_len)[None, :] <= slots[:, None]  # [length, max_len]
-    same = all_valid[:, None, :] == valid[:, :, None]  # [batch, length, max_len]
-    logits, cache = _llm_forward(static, params, None, positions, (causal[None] & same)[:, None],
+    # the cache is empty; within the prompt: causal, real tokens see real tokens, padding sees padding only
+    causal = slots[None, :] <= slots[:, None]
+    same = valid[:, None, :] == valid[:, :, None]
+    masks = (None, (causal[None] & same)[:, None])
+    logits, cache = _llm_forward(static, params, None, positions, masks,
                                  init_cache(static.llm_config, batch, max_len), jnp.int32(0),
                                  input_embeddings=_embed(static, params, tokens, images, image_slots), last_only=True)
     first = choose_tokens(logits[:, 0], step_keys(rng, jnp.int32(0), batch), knobs.temperature, knobs.top_p)
     generated = jnp.full((batch, max_len), knobs.pad_id, jnp.int32).at[:, 0].set(first)
+    all_valid = jnp.zeros((batch, max_len), bool).at[:, :length].set(valid)
     return DecodeState(cache, all_valid, offsets, jnp.int32(length), first, _is_eos(first, knobs), generated,
                        jnp.int32(1), rng)
 
@@ -161,10 +161,10 @@ def prefill_fn(static: Static, params: Any, tokens: jax.Array, valid: jax.Array,
 def _step(static: Static, params: Any, state: DecodeState, knobs: Knobs) -> DecodeState:
     """Feed state.last at slot state.index and choose the next token of every row."""
     batch = state.last.shape[0]
-    valid = jax.lax.dynamic_update_slice(state.valid, jnp.ones((batch, 1), bool), (0, state.index))
     positions = (state.index - state.offsets)[:, None]
-    logits, cache = _llm_forward(static, params, state.last[:, None], positions, valid[:, None, None, :],
-                                 state.cache, state.index)
+    masks = (state.valid, jnp.ones((batch, 1, 1, 1), bool))  # every real earlier slot, and itself
+    logits, cache = _llm_forward(static, params, state.last[:, None], positions, masks, state.cache, state.index)
+    valid = jax.lax.dynamic_update_slice(state.valid, jnp.ones((batch, 1), bool), (0, state.index))
     chosen = choose_tokens(logits[:, 0], step_keys(state.rng, state.step, batch), knobs.temperature, knobs.top_p)
     chosen = jnp.where(state.done, knobs.pad_id, chosen)
     tokens = jax.lax.dynamic_update_slice(state.tokens, chosen[:, None], (0, state.step))

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from mvlm_jax.models.config import LlamaConfig, LoraConfig
-from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, param_with_axes, scan_layers,
-                                    segment_causal_mask)
+from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, cached_attention, param_with_axes,
+                                    scan_layers, segment_causal_mask)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -31,14 +31,17 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-KVCache = tuple[jax.Array, jax.Array]  # (key, value) [batch, max_len, kv_heads, head_dim]; stacked: [layers, ...]
+KVCache = tuple[jax.Array, jax.Array]  # (key, value) [batch, kv_heads, max_len, head_dim]; stacked: [layers, ...]
+CacheMasks = tuple[jax.Array, jax.Array]  # ([batch, max_len] cache slots to attend, [batch, 1, q, q] within the block)
 
 
-def write_cache(cache: KVCache, key: jax.Array, value: jax.Array, index: jax.Array) -> KVCache:
-    """Write key, value [batch, q, kv_heads, head_dim] into cache slots index .. index + q - 1."""
-    start = (0, index, 0, 0)
-    return (jax.lax.dynamic_update_slice(cache[0], key.astype(cache[0].dtype), start),
-            jax.lax.dynamic_update_slice(cache[1], value.astype(cache[1].dtype), start))
+def write_cache(cache: KVCache, keys: jax.Array, values: jax.Array, index: jax.Array) -> KVCache:
+    """Write keys, values [layers, batch, q, kv_heads, head_dim] into the stacked cache [layers, batch,
+    kv_heads, max_len, head_dim] at slots index .. index + q - 1 (in place under jit when the cache is
+    donated or loop state)."""
+    start = (0, 0, 0, index, 0)
+    return tuple(jax.lax.dynamic_update_slice(stacked, jnp.swapaxes(new, 2, 3).astype(stacked.dtype), start)
+                 for stacked, new in zip(cache, (keys, values)))
 
 
 def _lora_for(config: LlamaConfig, name: str) -> LoraConfig | None:
@@ -50,13 +53,13 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array, cache_index: jax.Array | None = None,
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
                  cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
         """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; positions: [batch, seq].
 
-        With a `cache` (generation): this step's keys and values are written at slots cache_index ..,
-        attention runs over all max_len cache slots (mask: [batch, 1, seq, max_len]) and the updated
-        cache is returned beside the output."""
+        With one layer's `cache` (generation; mask is then CacheMasks): attention runs over the cache
+        and this block; the cache is only read, and this block's (key, value) is returned beside the
+        output for the caller to write."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         head_dim = cfg.resolved_head_dim
@@ -72,9 +75,10 @@ class Attention(nn.Module):
         key = apply_rope(key, positions, cfg.rope_theta)
         query = nn.with_logical_constraint(query, ("batch", "length", "act_heads", None))
         if cache is not None:
-            cache = write_cache(cache, key, value, cache_index)
-            key, value = cache
-        out = attention(query, key, value, mask, cfg.attention_impl)
+            out = cached_attention(query, key, value, *cache, *mask)
+            cache = (key, value)
+        else:
+            out = attention(query, key, value, mask, cfg.attention_impl)
         out = rearrange(out, "b s n h -> b s (n h)")
         out = project("o_proj", cfg.hidden_size, ("heads", "embed"), out)
         return out if cache is None else (out, cache)
@@ -106,9 +110,9 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array, cache_index: jax.Array | None = None,
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        """Returns (x, None), or (x, updated cache) when given one layer's cache (see Attention)."""
+        """Returns (x, None), or (x, this block's (key, value)) when given one layer's cache (see Attention)."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="input_norm")(x)
@@ -116,7 +120,7 @@ class DecoderBlock(nn.Module):
         if cache is None:
             x = x + attn(normed, mask, positions)
         else:
-            attended, cache = attn(normed, mask, positions, cache_index, cache)
+            attended, cache = attn(normed, mask, positions, cache)
             x = x + attended
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="post_attn_norm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(normed)
@@ -124,7 +128,8 @@ class DecoderBlock(nn.Module):
 
 
 class MobileLLaMA(nn.Module):
-    """Decoder-only LM. Set `deterministic=False` (via `clone`) to enable LoRA dropout in training."""
+    """Decoder-only LM. Set `deterministic=False` (via `clone`) to enable LoRA dropout in training.
+"""
 
     config: LlamaConfig
     deterministic: bool = True
@@ -134,7 +139,7 @@ class MobileLLaMA(nn.Module):
         dtype = DTYPES[cfg.dtype]
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                                      embedding_init=param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")))
-        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=3, scanned_args=1)
+        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2, scanned_args=1)
         self.layers = stack(cfg, self.deterministic)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_word_embeddings:
@@ -158,7 +163,7 @@ class MobileLLaMA(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions, None, None)
+        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions, None)
         return self.head(x)
 
     def head(self, x: jax.Array) -> jax.Array:
@@ -169,21 +174,22 @@ class MobileLLaMA(nn.Module):
             return jnp.einsum("bsd,vd->bsv", x, table, preferred_element_type=jnp.float32)
         return self.lm_head(x)
 
-    def forward_with_cache(self, tokens: jax.Array | None, positions: jax.Array, mask: jax.Array, cache: KVCache,
+    def forward_with_cache(self, tokens: jax.Array | None, positions: jax.Array, masks: CacheMasks, cache: KVCache,
                            cache_index: jax.Array, input_embeddings: jax.Array | None = None,
                            last_only: bool = False) -> tuple[jax.Array, KVCache]:
         """Incremental forward for generation (mvlm_jax.generate).
 
-        tokens: [batch, q] int32 (or input_embeddings [batch, q, embed]) placed at cache slots
+        tokens: [batch, q] int32 (or input_embeddings [batch, q, embed]), a block that goes to cache slots
         cache_index .. cache_index + q - 1 (cache_index: int32 scalar); positions: [batch, q] RoPE
-        positions; mask: [batch, 1, q, max_len] bool over cache slots (True = attend); cache: (key, value)
-        each [layers, batch, max_len, kv_heads, head_dim]. Returns (float32 logits [batch, q, vocab], or
-        [batch, 1, vocab] for the last position when last_only; the updated cache).
+        positions; masks: ([batch, max_len] bool, the earlier cache slots each row attends to, or None
+        when the cache is empty; [batch, 1, q, q] bool within the block); cache: (key, value) each [layers, batch, kv_heads,
+        max_len, head_dim]. Returns (float32 logits [batch, q, vocab], or [batch, 1, vocab] for the last
+        position when last_only; the cache with the block written).
         """
         x = self.embed(tokens) if input_embeddings is None else input_embeddings.astype(DTYPES[self.config.dtype])
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, cache = self.layers(x, mask, positions, cache_index, cache)
-        return self.head(x[:, -1:] if last_only else x), cache
+        x, (keys, values) = self.layers(x, masks, positions, cache)
+        return self.head(x[:, -1:] if last_only else x), write_cache(cache, keys, values, cache_index)
 
 
 def count_params(config: LlamaConfig) -> int:
