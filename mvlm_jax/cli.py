@@ -7,8 +7,10 @@ import json
 import sys
 from typing import Sequence
 
-# subcommand -> (module whose main(argv) runs it, help)
+# subcommand -> (module whose main(argv) runs it, or "module:function", help)
 COMMANDS = {
+    "generate": ("mvlm_jax.generate.cli:generate_main", "continue a prompt (text, or image + text) from a checkpoint"),
+    "chat": ("mvlm_jax.generate.cli:chat_main", "chat with a checkpoint in the vicuna_v1 template"),
     "convert": ("mvlm_jax.convert.hf", "Hugging Face <-> checkpoint (import / export)"),
     "export": ("mvlm_jax.export.__main__", "checkpoint -> GGUF for llama.cpp (LLM + mmproj)"),
     "data tokenizer": ("data_pipelines.tokenizer", "train a LLaMA-2-style SentencePiece tokenizer"),
@@ -56,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for words in (2, 1):
         name = " ".join(argv[:words])
         if name in COMMANDS:
-            module = importlib.import_module(COMMANDS[name][0])
-            return module.main(argv[words:])
+            module_name, _, function = COMMANDS[name][0].partition(":")
+            return getattr(importlib.import_module(module_name), function or "main")(argv[words:])
     print(f"mvlm: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

@@ -116,6 +116,37 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Arra
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 
 
+def cached_attention(query: jax.Array, key: jax.Array, value: jax.Array, cache_key: jax.Array,
+                     cache_value: jax.Array, cache_mask: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of a block of new tokens over a KV cache plus the block itself, reading the cache only
+    (generation: the cache is written once after all layers, not copied per layer).
+
+    query: [batch, q, heads, head_dim]; key, value: [batch, q, kv_heads, head_dim] of the block;
+    cache_key, cache_value: [batch, kv_heads, max_len, head_dim] (heads before slots: the score and
+    value contractions then need no transposed copy of the cache); cache_mask: [batch, max_len] bool (earlier
+    slots to attend), or None when no earlier slot holds anything (prefill: the cache is not read);
+    mask: [batch, 1, q, q] bool within the block (must let each query see something). Scores and softmax in
+    float32. Returns [batch, q, heads, head_dim].
+    """
+    batch, q_len, heads, head_dim = query.shape
+    groups = heads // key.shape[2]
+    query = query.reshape(batch, q_len, key.shape[2], groups, head_dim) * jnp.asarray(head_dim**-0.5, query.dtype)
+    f32, lowest = jnp.float32, jnp.finfo(jnp.float32).min
+    block_scores = jnp.einsum("bqkgd,bpkd->bkgqp", query, key, preferred_element_type=f32)
+    block_scores = jnp.where(mask[:, :, None], block_scores, lowest)
+    if cache_mask is None:
+        probs = jax.nn.softmax(block_scores, axis=-1).astype(value.dtype)
+        out = jnp.einsum("bkgqp,bpkd->bqkgd", probs, value, preferred_element_type=f32)
+        return out.reshape(batch, q_len, heads, head_dim).astype(value.dtype)
+    cache_scores = jnp.einsum("bqkgd,bkld->bkgql", query, cache_key.astype(query.dtype), preferred_element_type=f32)
+    cache_scores = jnp.where(cache_mask[:, None, None, None, :], cache_scores, lowest)
+    probs = jax.nn.softmax(jnp.concatenate([cache_scores, block_scores], axis=-1), axis=-1).astype(value.dtype)
+    max_len = cache_key.shape[2]
+    out = (jnp.einsum("bkgql,bkld->bqkgd", probs[..., :max_len], cache_value.astype(value.dtype), preferred_element_type=f32)
+           + jnp.einsum("bkgqp,bpkd->bqkgd", probs[..., max_len:], value, preferred_element_type=f32))
+    return out.reshape(batch, q_len, heads, head_dim).astype(value.dtype)
+
+
 def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
     """[batch, seq] segment ids -> [batch, 1, seq, seq] mask: causal and within one segment.
 
@@ -135,11 +166,14 @@ def maybe_remat(block: type[nn.Module], policy: str) -> type[nn.Module]:
     return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=False)
 
 
-def scan_layers(block: type[nn.Module], length: int, policy: str, broadcast_args: int) -> type[nn.Module]:
-    """Stack `length` copies of `block` (signature (carry, *broadcast) -> (carry, None)) under nn.scan.
+def scan_layers(block: type[nn.Module], length: int, policy: str, broadcast_args: int,
+                scanned_args: int = 0) -> type[nn.Module]:
+    """Stack `length` copies of `block` (signature (carry, *broadcast, *scanned) -> (carry, per-layer output))
+    under nn.scan. The last `scanned_args` arguments are sliced along their leading [layers] axis (e.g. a
+    KV cache; None passes through as an empty tree).
 
     Parameters get a leading [layers] axis with the logical name "layers".
     """
     return nn.scan(maybe_remat(block, policy), variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast,) * broadcast_args, length=length,
+                   in_axes=(nn.broadcast,) * broadcast_args + (0,) * scanned_args, length=length,
                    metadata_params={nn.PARTITION_NAME: "layers"})

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from mvlm_jax.models.config import LlamaConfig, LoraConfig
-from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, param_with_axes, scan_layers,
-                                    segment_causal_mask)
+from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, cached_attention, param_with_axes,
+                                    scan_layers, segment_causal_mask)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -31,6 +31,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
+KVCache = tuple[jax.Array, jax.Array]  # (key, value) [batch, kv_heads, max_len, head_dim]; stacked: [layers, ...]
+CacheMasks = tuple[jax.Array, jax.Array]  # ([batch, max_len] cache slots to attend, [batch, 1, q, q] within the block)
+
+
+def write_cache(cache: KVCache, keys: jax.Array, values: jax.Array, index: jax.Array) -> KVCache:
+    """Write keys, values [layers, batch, q, kv_heads, head_dim] into the stacked cache [layers, batch,
+    kv_heads, max_len, head_dim] at slots index .. index + q - 1 (in place under jit when the cache is
+    donated or loop state)."""
+    start = (0, 0, 0, index, 0)
+    return tuple(jax.lax.dynamic_update_slice(stacked, jnp.swapaxes(new, 2, 3).astype(stacked.dtype), start)
+                 for stacked, new in zip(cache, (keys, values)))
+
+
 def _lora_for(config: LlamaConfig, name: str) -> LoraConfig | None:
     return config.lora if config.lora is not None and name in config.lora.targets else None
 
@@ -40,8 +53,13 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array) -> jax.Array:
-        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; positions: [batch, seq]."""
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
+                 cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; positions: [batch, seq].
+
+        With one layer's `cache` (generation; mask is then CacheMasks): attention runs over the cache
+        and this block; the cache is only read, and this block's (key, value) is returned beside the
+        output for the caller to write."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         head_dim = cfg.resolved_head_dim
@@ -56,9 +74,14 @@ class Attention(nn.Module):
         query = apply_rope(query, positions, cfg.rope_theta)
         key = apply_rope(key, positions, cfg.rope_theta)
         query = nn.with_logical_constraint(query, ("batch", "length", "act_heads", None))
-        out = attention(query, key, value, mask, cfg.attention_impl)
+        if cache is not None:
+            out = cached_attention(query, key, value, *cache, *mask)
+            cache = (key, value)
+        else:
+            out = attention(query, key, value, mask, cfg.attention_impl)
         out = rearrange(out, "b s n h -> b s (n h)")
-        return project("o_proj", cfg.hidden_size, ("heads", "embed"), out)
+        out = project("o_proj", cfg.hidden_size, ("heads", "embed"), out)
+        return out if cache is None else (out, cache)
 
 
 class MLP(nn.Module):
@@ -87,18 +110,26 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Returns (x, None), or (x, this block's (key, value)) when given one layer's cache (see Attention)."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="input_norm")(x)
-        x = x + Attention(cfg, self.deterministic, name="attn")(normed, mask, positions)
+        attn = Attention(cfg, self.deterministic, name="attn")
+        if cache is None:
+            x = x + attn(normed, mask, positions)
+        else:
+            attended, cache = attn(normed, mask, positions, cache)
+            x = x + attended
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="post_attn_norm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(normed)
-        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), cache
 
 
 class MobileLLaMA(nn.Module):
-    """Decoder-only LM. Set `deterministic=False` (via `clone`) to enable LoRA dropout in training."""
+    """Decoder-only LM. Set `deterministic=False` (via `clone`) to enable LoRA dropout in training.
+"""
 
     config: LlamaConfig
     deterministic: bool = True
@@ -108,7 +139,7 @@ class MobileLLaMA(nn.Module):
         dtype = DTYPES[cfg.dtype]
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                                      embedding_init=param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")))
-        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2)
+        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2, scanned_args=1)
         self.layers = stack(cfg, self.deterministic)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_word_embeddings:
@@ -132,12 +163,33 @@ class MobileLLaMA(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions)
+        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions, None)
+        return self.head(x)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final norm and LM head: [batch, seq, embed] -> float32 logits [batch, seq, vocab]."""
         x = self.final_norm(x)
-        if cfg.tie_word_embeddings:  # accumulate in float32, like the untied head
+        if self.config.tie_word_embeddings:  # accumulate in float32, like the untied head
             table = self.embed_tokens.embedding.astype(x.dtype)
             return jnp.einsum("bsd,vd->bsv", x, table, preferred_element_type=jnp.float32)
         return self.lm_head(x)
+
+    def forward_with_cache(self, tokens: jax.Array | None, positions: jax.Array, masks: CacheMasks, cache: KVCache,
+                           cache_index: jax.Array, input_embeddings: jax.Array | None = None,
+                           last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Incremental forward for generation (mvlm_jax.generate).
+
+        tokens: [batch, q] int32 (or input_embeddings [batch, q, embed]), a block that goes to cache slots
+        cache_index .. cache_index + q - 1 (cache_index: int32 scalar); positions: [batch, q] RoPE
+        positions; masks: ([batch, max_len] bool, the earlier cache slots each row attends to, or None
+        when the cache is empty; [batch, 1, q, q] bool within the block); cache: (key, value) each [layers, batch, kv_heads,
+        max_len, head_dim]. Returns (float32 logits [batch, q, vocab], or [batch, 1, vocab] for the last
+        position when last_only; the cache with the block written).
+        """
+        x = self.embed(tokens) if input_embeddings is None else input_embeddings.astype(DTYPES[self.config.dtype])
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x, (keys, values) = self.layers(x, masks, positions, cache)
+        return self.head(x[:, -1:] if last_only else x), write_cache(cache, keys, values, cache_index)
 
 
 def count_params(config: LlamaConfig) -> int:

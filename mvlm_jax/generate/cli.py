@@ -1,0 +1,134 @@
+"""`mvlm generate` and `mvlm chat` (also `python -m mvlm_jax.generate {generate,chat} ...`).
+
+  mvlm generate --ckpt CKPT --prompt TEXT [--image FILE] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+  mvlm chat --ckpt CKPT [--image FILE] [--prompt TEXT]   (no --prompt: a conversation on stdin, one message a line)
+
+The tokenizer is --tokenizer SP_MODEL, else CKPT/tokenizer.model. `generate` continues the raw prompt
+(BOS + text; with --image the image comes first) unless --template vicuna_v1; `chat` keeps the whole
+conversation in the vicuna_v1 template and answers each message.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterable, Sequence, TextIO
+
+from mvlm_jax.generate.prompts import TEMPLATES, build_prompt, chat_prompt, find_tokenizer, load_image
+from mvlm_jax.generate.sampling import SamplingConfig
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--ckpt", required=True, help="model checkpoint directory (LLM or VLM)")
+    parser.add_argument("--tokenizer", help="SentencePiece model (default: CKPT/tokenizer.model)")
+    parser.add_argument("--image", help="image file (VLM checkpoints)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-len", type=int, help="cache positions (default: the model's max_position_embeddings)")
+    return parser
+
+
+class Session:
+    """A loaded checkpoint, its tokenizer and (optionally) one preprocessed image."""
+
+    def __init__(self, args: argparse.Namespace):
+        from mvlm_jax.checkpoint import load_config
+        from mvlm_jax.generate.engine import Generator
+        from mvlm_jax.models.config import VLMConfig
+
+        config = load_config(args.ckpt)  # fails early, naming the file, before anything heavy loads
+        self.tokenizer = find_tokenizer(args.ckpt, args.tokenizer)
+        self.image = None
+        if args.image is not None:
+            if not isinstance(config, VLMConfig):
+                raise ValueError(f"--image needs a MobileVLM checkpoint; {args.ckpt} holds a {type(config).__name__}")
+            self.image = load_image(args.image, config.vision.image_size)
+        self.generator = Generator.from_checkpoint(args.ckpt, max_len=args.max_len)
+        self.sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+
+    def answer(self, ids, out: TextIO | None = None) -> str:
+        """Generate from prompt ids; stream the text to `out` when given. Returns the decoded answer."""
+        from mvlm_jax.generate.engine import Request
+
+        request = Request(ids, self.image)
+        if out is None:
+            [completion] = self.generator.generate([request], self.sampling)
+            return self.tokenizer.decode(completion.ids)
+        return stream_text(self.tokenizer, (int(t[0]) for t in self.generator.stream([request], self.sampling)),
+                           self.generator.eos_ids, out)
+
+
+def stream_text(tokenizer, tokens: Iterable[int], eos_ids: Sequence[int], out: TextIO) -> str:
+    """Write the decoded text of `tokens` to `out` as it grows (up to an EOS); returns the whole text."""
+    ids, shown = [], ""
+    for token in tokens:
+        if token in eos_ids:
+            break
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence of byte pieces: wait for the rest
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    text = tokenizer.decode(ids)
+    out.write(text[len(shown):])
+    out.flush()
+    return text
+
+
+def generate_main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser("mvlm generate", "continue a prompt (optionally about an image) and print the continuation")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--template", choices=TEMPLATES, default="raw")
+    args = parser.parse_args(argv)
+    try:
+        session = Session(args)
+        ids = build_prompt(session.tokenizer, args.prompt, args.template, session.image is not None)
+        print(session.answer(ids))
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
+    parser = _parser("mvlm chat", "chat in the vicuna_v1 template: one-shot with --prompt, else messages on stdin")
+    parser.add_argument("--prompt", help="one message; answer it and exit")
+    args = parser.parse_args(argv)
+    stdin = stdin or sys.stdin
+    try:
+        session = Session(args)
+        has_image = session.image is not None
+        if args.prompt is not None:
+            print(session.answer(chat_prompt(session.tokenizer, [{"from": "human", "value": args.prompt}], has_image)))
+            return 0
+        turns: list[dict] = []
+        interactive = stdin.isatty()
+        while True:
+            if interactive:
+                print("USER: ", end="", file=sys.stderr, flush=True)
+            line = stdin.readline()
+            if not line:
+                return 0
+            if not line.strip():
+                continue
+            turns.append({"from": "human", "value": line.strip()})
+            ids = chat_prompt(session.tokenizer, turns, has_image)
+            sys.stdout.write("ASSISTANT: ")
+            answer = session.answer(ids, out=sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            turns.append({"from": "gpt", "value": answer.strip()})
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mvlm_jax.generate [generate|chat] ARGS` (generate when the first word is an option)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "chat":
+        return chat_main(argv[1:])
+    return generate_main(argv[1:] if argv and argv[0] == "generate" else argv)

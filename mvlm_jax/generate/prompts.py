@@ -1,0 +1,70 @@
+"""Prompts for generation: the tokenizer of a checkpoint, raw and vicuna_v1 prompt ids, image loading.
+
+Prompt ids keep one IMAGE_TOKEN (-200) where the image goes; the engine widens it to the checkpoint's
+num_visual_tokens slots (as training does).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from data_pipelines.templates import IMAGE_PLACEHOLDER, Segment, generation_prompt, tokenize
+from data_pipelines.tokenizer import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.model"
+TEMPLATES = ("raw", "vicuna_v1")
+
+
+def find_tokenizer(ckpt: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Tokenizer:
+    """`tokenizer` when given, else CKPT/tokenizer.model; FileNotFoundError naming what was looked for."""
+    if tokenizer is not None:
+        if not Path(tokenizer).is_file():
+            raise FileNotFoundError(f"{tokenizer}: tokenizer model not found (given by --tokenizer)")
+        return Tokenizer(tokenizer)
+    beside = Path(ckpt) / TOKENIZER_FILE
+    if not beside.is_file():
+        raise FileNotFoundError(f"no tokenizer: {beside} does not exist; pass --tokenizer SP_MODEL "
+                                f"(the SentencePiece tokenizer.model the checkpoint was trained with)")
+    return Tokenizer(beside)
+
+
+def raw_prompt(tokenizer: Tokenizer, text: str, has_image: bool = False) -> np.ndarray:
+    """BOS + text (no template), "<image>" in the text splices the image; with an image and no "<image>"
+    in the text, the image comes first (the stage-1 `plain` layout: "<image>" + text)."""
+    if has_image and IMAGE_PLACEHOLDER not in text:
+        text = IMAGE_PLACEHOLDER + text
+    ids = tokenize(tokenizer, [Segment(text, False)]).ids
+    count = int(np.sum(ids == -200))
+    if count != int(has_image):
+        raise ValueError(f"the prompt holds {count} {IMAGE_PLACEHOLDER} marker(s) but {int(has_image)} image(s) were given")
+    return ids
+
+
+def chat_prompt(tokenizer: Tokenizer, turns: Sequence[dict], has_image: bool = False) -> np.ndarray:
+    """vicuna_v1 ids ending in "ASSISTANT:". turns: [{"from": "human" | "gpt", "value": text}, ...], the
+    last one human; an image goes to the front of the first human turn (as in training)."""
+    if not turns or turns[-1]["from"] != "human":
+        raise ValueError("a chat prompt must end with a human turn")
+    return generation_prompt(tokenizer, turns, has_image)
+
+
+def build_prompt(tokenizer: Tokenizer, text: str, template: str, has_image: bool = False) -> np.ndarray:
+    """One user message as prompt ids in `template` ("raw" or "vicuna_v1")."""
+    if template == "raw":
+        return raw_prompt(tokenizer, text, has_image)
+    if template == "vicuna_v1":
+        return chat_prompt(tokenizer, [{"from": "human", "value": text}], has_image)
+    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+
+def load_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
+    """An image file -> float32 [image_size, image_size, 3], padded to square as MobileVLM's released models
+    expect (image_aspect_ratio "pad"). FileNotFoundError / ValueError naming the file."""
+    from data_pipelines.images import preprocess_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    return preprocess_file(path, image_size, pad=True)
