@@ -54,12 +54,34 @@ def adaptive_avg_pool(grid: jax.Array, side: int) -> jax.Array:
     return jnp.einsum("oh,pw,bhwc->bopc", rows, cols, grid.astype(jnp.float32)).astype(grid.dtype)
 
 
-def _depthwise_conv(name: str, channels: int, stride: int, use_bias: bool, dtype: jnp.dtype) -> nn.Conv:
-    # Explicit (1, 1) padding: torch's padding=1. Flax 'SAME' pads (0, 1) at stride 2 and shifts the grid.
-    return nn.Conv(channels, (3, 3), strides=stride, padding=((1, 1), (1, 1)), feature_group_count=channels,
-                   use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=param_with_axes(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                   bias_init=param_with_axes(nn.initializers.zeros, ("embed",)), name=name)
+class DepthwiseConv(nn.Module):
+    """3x3 depthwise convolution, padding 1 (torch's padding=1), as nine shifted multiply-adds.
+
+    Same parameters as a grouped flax Conv (kernel [3, 3, 1, C], bias [C]); XLA:CPU runs grouped
+    convolutions and their gradients several times slower than this sum. x: [batch, H, W, C] ->
+    [batch, (H - 1) // stride + 1, (W - 1) // stride + 1, C].
+    """
+
+    channels: int
+    stride: int = 1
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", param_with_axes(nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=-1),
+                                                      (None, None, None, "embed")), (3, 3, 1, self.channels))
+        x = x.astype(self.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        rows, cols = (x.shape[1] - 1) // self.stride + 1, (x.shape[2] - 1) // self.stride + 1
+        span_r, span_c = self.stride * (rows - 1) + 1, self.stride * (cols - 1) + 1
+        # Products in the compute dtype, accumulated in float32 (as a convolution accumulates).
+        out = sum((padded[:, i:i + span_r:self.stride, j:j + span_c:self.stride] * kernel[i, j, 0].astype(self.dtype))
+                  .astype(jnp.float32) for i in range(3) for j in range(3)).astype(self.dtype)
+        if self.use_bias:
+            out = out + self.param("bias", param_with_axes(nn.initializers.zeros, ("embed",)),
+                                   (self.channels,)).astype(self.dtype)
+        return out
 
 
 class MLP2xGELU(nn.Module):
@@ -89,7 +111,7 @@ class InvertedResidual(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
         squeeze = make_divisible(channels // 4, 8)
-        hidden = _depthwise_conv("depthwise", channels, self.stride, False, self.dtype)(x)
+        hidden = DepthwiseConv(channels, self.stride, False, self.dtype, name="depthwise")(x)
         hidden = jax.nn.hard_swish(LayerNorm(1e-5, self.dtype, name="dw_norm")(hidden))
         pooled = jnp.mean(hidden.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
         scale = jax.nn.relu(Linear(squeeze, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="se_fc1")(pooled))
@@ -118,7 +140,7 @@ class Projector(nn.Module):
         if cfg.type == "ldpv2":
             grid = _square_grid(MLP2xGELU(self.features, dtype, name="mlp")(tokens))
             pooled = adaptive_avg_pool(grid, cfg.pool_side)
-            grid = pooled + _depthwise_conv("peg", self.features, 1, True, dtype)(pooled)  # PEG: conv added to input
+            grid = pooled + DepthwiseConv(self.features, 1, True, dtype, name="peg")(pooled)  # PEG: conv added to input
             return rearrange(grid, "b h w c -> b (h w) c")
         if cfg.type != "ldp":
             raise ValueError(f"unknown projector type {cfg.type!r}; expected mlp2x_gelu, ldp or ldpv2")
