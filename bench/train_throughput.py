@@ -6,7 +6,7 @@
 2. Compile time of the MobileLLaMA 1.4B train step on CPU from abstract inputs, 8-device mesh (goal <= 60 s).
 3. With --mfu on an accelerator: MFU of the 1.4B train step at seq 2048 in bfloat16 (MaxText's definition).
 
-  python -m bench.train_throughput [--steps 20] [--mfu]
+  python -m bench.train_throughput [--steps 20] [--mfu] [--quick]
 """
 from __future__ import annotations
 
@@ -134,8 +134,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--mfu", action="store_true", help="also run the 1.4B step (needs an accelerator)")
     parser.add_argument("--report", default="docs/PERFORMANCE.md")
+    parser.add_argument("--quick", action="store_true", help="only the small-LLaMA ratio; print it, report nothing")
     args = parser.parse_args()
     ours, theirs = jax_tokens_per_s(args.steps), torch_tokens_per_s(args.steps)
+    if args.quick:
+        print(f"ours {ours:,.0f} tokens/s, PyTorch {theirs:,.0f} tokens/s, ratio {ours / theirs:.2f}")
+        return
     compile_s = compile_seconds_1_4b()
     shape = ", ".join(f"{k} {v}" for k, v in SHAPE.items())
     lines = ["| measurement | value |", "|---|---|",
