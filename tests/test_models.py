@@ -92,6 +92,20 @@ def test_remat_policies_give_the_same_gradients(policy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_unrolled_layer_scan_gives_the_same_outputs_and_gradients():
+    params = init_params(TINY, jax.random.key(3))
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 512, (2, 16)), jnp.int32)
+    unrolled = dataclasses.replace(TINY, scan_unroll=TINY.num_layers)
+    assert jax.tree.structure(init_params(unrolled, jax.random.key(3))) == jax.tree.structure(params)
+
+    def loss(p, config):
+        return build_model(config).apply({"params": p}, tokens).mean()
+
+    for a, b in zip(jax.tree.leaves(jax.value_and_grad(loss)(params, TINY)),
+                    jax.tree.leaves(jax.value_and_grad(loss)(params, unrolled))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
 def test_lora_starts_as_the_base_model_and_merges_exactly():
     lora = LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"), dropout=0.0)
     config = dataclasses.replace(TINY, lora=lora)

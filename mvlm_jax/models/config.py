@@ -46,6 +46,9 @@ class LlamaConfig:
     pad_token_id: int | None = 0
     dtype: ComputeDtype = "float32"  # compute dtype; parameters are always float32
     remat_policy: RematPolicy = "none"
+    # Layers per iteration of the layer scan; num_layers unrolls it fully (no loop and no stacked
+    # per-layer residual buffers: faster on CPU, slower to compile). Same math and parameter tree.
+    scan_unroll: int = 1
     attention_impl: Literal["xla", "cudnn"] | None = None  # None: let JAX choose
     lora: LoraConfig | None = None
 

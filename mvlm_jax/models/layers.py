@@ -56,9 +56,12 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        in_features = x.shape[-1]
+        in_features, lead = x.shape[-1], x.shape[:-1]
         kernel = self.param("kernel", param_with_axes(self.kernel_init, self.axes), (in_features, self.features))
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=self.out_dtype)
+        # Dots on 2-D [tokens, in] operands: with [batch, seq, in] the kernel gradient contracts two axes,
+        # and XLA:CPU then materialises a transposed copy of the output gradient (half the MLP's backward).
+        flat = x.reshape(-1, in_features)
+        y = jnp.dot(flat.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=self.out_dtype)
         if self.use_bias:
             bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.axes[-1:]), (self.features,))
             y = y + bias.astype(self.dtype)
@@ -67,10 +70,10 @@ class Linear(nn.Module):
                                 (in_features, self.lora.rank))
             lora_b = self.param("lora_b", param_with_axes(nn.initializers.zeros, ("lora_rank", self.axes[-1])),
                                 (self.lora.rank, self.features))
-            lora_in = nn.Dropout(self.lora.dropout)(x, deterministic=deterministic)
+            lora_in = nn.Dropout(self.lora.dropout)(x, deterministic=deterministic).reshape(-1, in_features)
             update = jnp.dot(jnp.dot(lora_in.astype(self.dtype), lora_a.astype(self.dtype)), lora_b.astype(self.dtype))
             y = y + update * self.lora.scale
-        return y
+        return y.reshape(*lead, self.features)
 
 
 class RMSNorm(nn.Module):
@@ -167,13 +170,13 @@ def maybe_remat(block: type[nn.Module], policy: str) -> type[nn.Module]:
 
 
 def scan_layers(block: type[nn.Module], length: int, policy: str, broadcast_args: int,
-                scanned_args: int = 0) -> type[nn.Module]:
+                scanned_args: int = 0, unroll: int = 1) -> type[nn.Module]:
     """Stack `length` copies of `block` (signature (carry, *broadcast, *scanned) -> (carry, per-layer output))
     under nn.scan. The last `scanned_args` arguments are sliced along their leading [layers] axis (e.g. a
     KV cache; None passes through as an empty tree).
 
-    Parameters get a leading [layers] axis with the logical name "layers".
+    Parameters get a leading [layers] axis with the logical name "layers". `unroll`: layers per loop iteration.
     """
     return nn.scan(maybe_remat(block, policy), variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast,) * broadcast_args + (0,) * scanned_args, length=length,
+                   in_axes=(nn.broadcast,) * broadcast_args + (0,) * scanned_args, length=length, unroll=unroll,
                    metadata_params={nn.PARTITION_NAME: "layers"})

@@ -139,7 +139,8 @@ class MobileLLaMA(nn.Module):
         dtype = DTYPES[cfg.dtype]
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                                      embedding_init=param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")))
-        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2, scanned_args=1)
+        stack = scan_layers(DecoderBlock, cfg.num_layers, cfg.remat_policy, broadcast_args=2, scanned_args=1,
+                            unroll=cfg.scan_unroll)
         self.layers = stack(cfg, self.deterministic)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_word_embeddings:
