@@ -31,6 +31,7 @@ def embedding_similarity(files: tuple[Path, Path], model_dir: Path, questions: l
 
     from data_pipelines.images import preprocess_file
     from mvlm_jax.checkpoint import load_model
+    from mvlm_jax.demo.evaluate import image_path
     from mvlm_jax.edge.llamacpp import LlamaCppModel
     from mvlm_jax.models import build_model
 
@@ -39,8 +40,8 @@ def embedding_similarity(files: tuple[Path, Path], model_dir: Path, questions: l
     similarities = []
     with LlamaCppModel(files[0], files[1], n_ctx=512) as runtime:
         for q in questions:
-            rgb = np.asarray(Image.open(world / q["image"]).convert("RGB"))
-            pixels = preprocess_file(world / q["image"], config.vision.image_size, pad=True)
+            rgb = np.asarray(Image.open(image_path(world, q)).convert("RGB"))
+            pixels = preprocess_file(image_path(world, q), config.vision.image_size, pad=True)
             ours = np.asarray(model.apply({"params": params}, jnp.asarray(pixels)[None, None], method="encode_images"))[0, 0]
             similarities.append(cosine(runtime.image_embeddings(rgb), ours))
     return float(np.mean(similarities))

@@ -32,6 +32,10 @@ def _prompt(tokenizer, question: str) -> np.ndarray:
     return chat_prompt(tokenizer, [{"from": "human", "value": question}], has_image=True)
 
 
+def image_path(world: Path, question: dict) -> Path:
+    return world / "images" / question["image"]
+
+
 def _write_json(path: Path, value: Any) -> None:
     with atomic_file(path, force=True) as partial:
         partial.write_text(json.dumps(value, indent=1) + "\n")
@@ -54,7 +58,7 @@ def answers_file(path: Path, model_dir: Path, world: Path, split: str, count: in
     results = []
     for start in range(0, len(questions), 32):
         batch = questions[start:start + 32]
-        requests = [Request(_prompt(tokenizer, q["question"]), preprocess_file(world / q["image"], size, pad=True))
+        requests = [Request(_prompt(tokenizer, q["question"]), preprocess_file(image_path(world, q), size, pad=True))
                     for q in batch]
         completions = generator.generate(requests, SamplingConfig(max_new_tokens=MAX_ANSWER_TOKENS))
         for question, completion in zip(batch, completions):
@@ -105,7 +109,7 @@ def llamacpp_agreement(path: Path, files: tuple[Path, Path], results: Sequence[d
             for r in results:
                 ids = _prompt(tokenizer, r["question"]).tolist()
                 slot = ids.index(IMAGE_TOKEN)
-                rgb = np.asarray(Image.open(world / r["image"]).convert("RGB"))
+                rgb = np.asarray(Image.open(image_path(world, r)).convert("RGB"))
                 generated = model.greedy([ids[:slot], rgb, ids[slot + 1:]], MAX_ANSWER_TOKENS, eos_id=tokenizer.eos_id)
                 if generated and generated[-1] == tokenizer.eos_id:
                     generated = generated[:-1]

@@ -38,9 +38,13 @@ class LlamaCppModel:
         self.n_batch = n_batch
         self.mtmd = None
         if mmproj_path is not None:
-            from llama_cpp import mtmd_cpp
+            from llama_cpp import _logger, mtmd_cpp
 
             self._mtmd_lib = mtmd_cpp
+            # mtmd logs every image at INFO level; route it through llama-cpp-python's logger (errors only
+            # unless verbose), as the text model already is.
+            mtmd_cpp.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+            mtmd_cpp.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
             params = mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = False
             params.n_threads = _threads(n_threads)
