@@ -1,0 +1,37 @@
+"""`make demo` end to end at a toy scale (2 steps per stage, the tiny embedded world), then again: the
+second run reuses every finished step instead of redoing it."""
+import json
+import subprocess
+import sys
+
+
+def run_demo(workdir):
+    return subprocess.run([sys.executable, "-m", "mvlm_jax.demo", "--workdir", str(workdir), "--steps", "2",
+                           "--questions", "6", "--llamacpp-questions", "3", "--data", "tiny"],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
+    first = run_demo(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for stage in ("pretrain", "sft", "vlm1", "vlm2"):
+        assert (tmp_path / stage / "model" / "model_config.json").is_file()
+        assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "vlm2" / "model" / "tokenizer.model").is_file()  # the run's tokenizer travels along
+    for name in ("mobilevlm-demo-f32.gguf", "mobilevlm-demo-q8_0.gguf", "mmproj-mobilevlm-demo-f16.gguf"):
+        assert (tmp_path / "gguf" / name).stat().st_size > 0
+    answers = json.loads((tmp_path / "answers_jax.json").read_text())
+    assert len(answers) == 6 and all({"question", "answer", "prediction", "correct"} <= set(a) for a in answers)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["agreement"]["f32"]["questions"] == 3
+    assert 0 < summary["chance"] < 1
+    text = (tmp_path / "summary.md").read_text()
+    assert "| vlm2 | 2 |" in text and "chance" in text and "| f32 | 3 |" in text
+    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    second = run_demo(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for stage in ("pretrain", "sft", "vlm1", "vlm2"):
+        assert f"{stage}: done before, reusing" in second.stdout
+        assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2  # not trained again
+    assert json.loads((tmp_path / "summary.json").read_text())["agreement"] == summary["agreement"]
