@@ -151,3 +151,25 @@ def test_official_layout_round_trip_runs_in_llamacpp(tmp_path, projector_type):
     with LlamaCppModel(tmp_path / "out" / "ckpt-f32.gguf", tmp_path / "out" / "mmproj-ckpt-f16.gguf") as runtime:
         generated = runtime.greedy([before, rgb, after], max_new_tokens=6)
     assert generated == expected
+
+
+def test_generate_and_chat_run_the_same_through_llamacpp(tmp_path, capsys):
+    """`mvlm generate|chat --gguf ... --mmproj ...` answer as `--ckpt` does (greedy, f32 export)."""
+    from PIL import Image
+
+    from mvlm_jax.generate.cli import chat_main, generate_main
+
+    config = gguf_helpers.vlm_config("ldp", class_token=False)
+    ckpt, _ = gguf_helpers.checkpoint(tmp_path / "ckpt", config)
+    llm, mmproj = export_gguf(ckpt, tmp_path / "out", "f32")
+    picture = tmp_path / "picture.png"
+    Image.fromarray(gguf_helpers.image(2)[0]).save(picture)
+    common = ["--max-new-tokens", "8"]
+    outputs = {}
+    for name, source in (("jax", ["--ckpt", str(ckpt)]), ("llama.cpp", ["--gguf", str(llm), "--mmproj", str(mmproj)])):
+        assert generate_main(source + ["--prompt", "the cat sat on", *common]) == 0
+        assert chat_main(source + ["--image", str(picture), "--prompt", "What is in the image?", *common]) == 0
+        outputs[name] = capsys.readouterr().out
+    assert outputs["llama.cpp"] == outputs["jax"] and len(outputs["jax"].strip()) > 0
+    assert generate_main(["--gguf", str(llm), "--image", str(picture), "--prompt", "x"]) == 1
+    assert "--image needs --mmproj" in capsys.readouterr().err

@@ -143,6 +143,10 @@ class LlamaCppModel:
             return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
         return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
 
+    def next_logits(self) -> np.ndarray:
+        """Logits [vocab] of the last evaluated position."""
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+
     def greedy(self, segments: Sequence[Segment], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
         """Greedy continuation of the prompt; stops after `eos_id` (included) or `max_new_tokens`."""
         logits = self.prefill(segments)
@@ -153,7 +157,7 @@ class LlamaCppModel:
             if token == eos_id:
                 break
             self.llm.eval([token])
-            logits = self.llm.scores[self.llm.n_tokens - 1]
+            logits = self.next_logits()
         return out
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
   mvlm generate --ckpt CKPT --prompt TEXT [--image FILE] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
   mvlm chat --ckpt CKPT [--image FILE] [--prompt TEXT]   (no --prompt: a conversation on stdin, one message a line)
+  ... --gguf MODEL.gguf [--mmproj MMPROJ.gguf] instead of --ckpt: the exported files in llama.cpp
 
 The tokenizer is --tokenizer SP_MODEL, else CKPT/tokenizer.model. `generate` continues the raw prompt
 (BOS + text; with --image the image comes first) unless --template vicuna_v1; `chat` keeps the whole
@@ -13,13 +14,17 @@ import argparse
 import sys
 from typing import Iterable, Sequence, TextIO
 
+from mvlm_jax.generate.llamacpp_session import LlamaCppSession, prompt_text
 from mvlm_jax.generate.prompts import TEMPLATES, build_prompt, chat_prompt, find_tokenizer, load_image
 from mvlm_jax.generate.sampling import SamplingConfig
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--ckpt", required=True, help="model checkpoint directory (LLM or VLM)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="model checkpoint directory (LLM or VLM), run in JAX")
+    source.add_argument("--gguf", help="exported LLM file, run in llama.cpp (with --mmproj for images)")
+    parser.add_argument("--mmproj", help="the mmproj-*.gguf of --gguf (images)")
     parser.add_argument("--tokenizer", help="SentencePiece model (default: CKPT/tokenizer.model)")
     parser.add_argument("--image", help="image file (VLM checkpoints)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -84,10 +89,15 @@ def generate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--template", choices=TEMPLATES, default="raw")
     args = parser.parse_args(argv)
     try:
+        if args.gguf:
+            session = LlamaCppSession(args)
+            print(session.answer(prompt_text([{"from": "human", "value": args.prompt}], args.template,
+                                             session.image is not None)))
+            return 0
         session = Session(args)
         ids = build_prompt(session.tokenizer, args.prompt, args.template, session.image is not None)
         print(session.answer(ids))
-    except (FileNotFoundError, ValueError, TypeError) as error:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -99,10 +109,14 @@ def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) ->
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
     try:
-        session = Session(args)
+        session = LlamaCppSession(args) if args.gguf else Session(args)
         has_image = session.image is not None
+
+        def prompt(turns: list[dict]):  # ids for JAX, text for llama.cpp (its own tokenizer)
+            return prompt_text(turns, "vicuna_v1", has_image) if args.gguf else chat_prompt(session.tokenizer, turns, has_image)
+
         if args.prompt is not None:
-            print(session.answer(chat_prompt(session.tokenizer, [{"from": "human", "value": args.prompt}], has_image)))
+            print(session.answer(prompt([{"from": "human", "value": args.prompt}])))
             return 0
         turns: list[dict] = []
         interactive = stdin.isatty()
@@ -115,13 +129,12 @@ def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) ->
             if not line.strip():
                 continue
             turns.append({"from": "human", "value": line.strip()})
-            ids = chat_prompt(session.tokenizer, turns, has_image)
             sys.stdout.write("ASSISTANT: ")
-            answer = session.answer(ids, out=sys.stdout)
+            answer = session.answer(prompt(turns), out=sys.stdout)
             sys.stdout.write("\n")
             sys.stdout.flush()
             turns.append({"from": "gpt", "value": answer.strip()})
-    except (FileNotFoundError, ValueError, TypeError) as error:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
