@@ -23,6 +23,7 @@ bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
 	$(PY) -m bench.train_throughput
+	$(PY) -m bench.edge_latency
 
 pretrain:
 	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)
