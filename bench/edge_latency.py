@@ -342,7 +342,7 @@ def note(threads: int, lm_tokens: int, vlm_tokens: int, elapsed: float) -> str:
             f"threads; the paper's Tables 5/6 are a Snapdragon 888 (CPU, 4-bit) and a Jetson AGX Orin (CUDA), "
             f"so compare ratios (q4 vs q8, 1.4B vs 2.7B, LDP vs MLP), not absolute numbers. LM: prompt "
             f"{LM_PROMPT!r}, {lm_tokens} tokens out. VLM: vicuna_v1 system message + USER: <image 336x336>\\n"
-            f"{VLM_QUESTION} ASSISTANT:, {vlm_tokens} tokens out; LLM 4-bit, mmproj f16; 1.4B/2.7B VLMs use the "
+            f"{VLM_QUESTION} ASSISTANT:, {vlm_tokens} tokens out; LLM 4-bit, mmproj f16; the 1.4B VLMs use the "
             f"ViT-L/14-336 tower (23 blocks run), tiny uses a 64-wide 2-block tower on the same 24x24 grid. "
             f"Prompt tokens include the visual tokens (LDP 144, MLP 576). Load = llama.cpp's t_load_ms for the "
             f"LLM (it runs to the end of the first decode, a one-token warm-up as in llama.cpp's CLI); image encode = the prefill's "
