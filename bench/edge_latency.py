@@ -18,7 +18,6 @@ Exports are kept in --workdir and reused on a re-run; checkpoints are deleted on
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import gc
 import os
