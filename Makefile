@@ -25,6 +25,7 @@ bench:
 	$(PY) -m bench.data_throughput
 	$(PY) -m bench.train_throughput
 	$(PY) -m bench.generate_throughput
+	$(PY) -m bench.edge_latency
 
 pretrain:
 	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)

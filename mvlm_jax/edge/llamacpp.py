@@ -25,7 +25,9 @@ class LlamaCppModel:
     """A GGUF LLM (+ optional mmproj) in llama.cpp on the CPU. Use as a context manager or call close()."""
 
     def __init__(self, model_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None,
-                 n_ctx: int = 1024, n_threads: int | None = None, n_batch: int = 512):
+                 n_ctx: int = 1024, n_threads: int | None = None, n_batch: int = 512, logits_all: bool = True):
+        """`logits_all=False` computes only the last position's logits (what llama.cpp's CLI does; timing
+        runs want it); `logits()` then needs logits_all=True, `prefill()` works either way."""
         import llama_cpp
 
         for path in [model_path] + ([mmproj_path] if mmproj_path else []):
@@ -34,8 +36,9 @@ class LlamaCppModel:
         self._lib = llama_cpp
         self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                    n_threads=_threads(n_threads), n_threads_batch=_threads(n_threads),
-                                   logits_all=True, verbose=False)
+                                   logits_all=logits_all, verbose=False)
         self.n_batch = n_batch
+        self.logits_all = logits_all
         self.mtmd = None
         if mmproj_path is not None:
             from llama_cpp import _logger, mtmd_cpp
@@ -138,7 +141,10 @@ class LlamaCppModel:
                 self._eval_image(segment, logits_last=last)
             elif len(segment):
                 self.llm.eval(list(int(t) for t in segment))
-        if isinstance(segments[-1], np.ndarray) and segments[-1].ndim == 3:
+            # llama.cpp books decode time when the context synchronizes; without this the time from the
+            # first queued decode on (an image encode included) lands in one prompt-eval entry.
+            self._lib.llama_synchronize(self.llm.ctx)
+        if not self.logits_all or (isinstance(segments[-1], np.ndarray) and segments[-1].ndim == 3):
             row = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
             return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
         return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
