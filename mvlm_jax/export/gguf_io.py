@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,6 +52,14 @@ class PlannedTensor:
         if self.qtype == Q.F16:
             return np.ascontiguousarray(data, np.float16)
         return gguf.quants.quantize(np.ascontiguousarray(data, np.float32), self.qtype)
+
+
+def rename(name: str, table: Sequence[tuple[str, str]], prefix: str = "") -> str:
+    """Source tensor name -> llama.cpp name by the first (regex, replacement) of `table` that fully matches."""
+    for pattern, replacement in table:
+        if re.fullmatch(pattern, name):
+            return prefix + re.sub(pattern, replacement, name)
+    raise ValueError(f"no llama.cpp name for tensor {name}")
 
 
 def matrix_type(shape: Sequence[int], wanted: Q) -> Q:

@@ -8,7 +8,6 @@ consecutive pairs.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Callable
 
 import gguf
@@ -17,7 +16,7 @@ import sentencepiece as spm
 
 from mvlm_jax.convert.families import llama_mapping
 from mvlm_jax.convert.mapping import export_plan
-from mvlm_jax.export.gguf_io import PlannedTensor, matrix_type
+from mvlm_jax.export.gguf_io import PlannedTensor, matrix_type, rename
 from mvlm_jax.models.config import LlamaConfig
 
 # HF LlamaForCausalLM name -> llama.cpp name (full match; \1 = layer).
@@ -56,18 +55,11 @@ def rope_pairs(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, 2, out // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def gguf_name(hf_name: str) -> str:
-    for pattern, replacement in _NAMES:
-        if re.fullmatch(pattern, hf_name):
-            return re.sub(pattern, replacement, hf_name)
-    raise ValueError(f"no llama.cpp name for tensor {hf_name}")
-
-
 def llm_tensors(params: dict[str, Any], config: LlamaConfig, wanted: gguf.GGMLQuantizationType) -> list[PlannedTensor]:
     """The planned tensors of the text model from an LLM parameter tree (no LoRA)."""
     planned = []
     for hf_name, shape, load in export_plan(params, llama_mapping(config)):
-        name = gguf_name(hf_name)
+        name = rename(hf_name, _NAMES)
         heads = {"attn_q": config.num_heads, "attn_k": config.num_kv_heads}.get(name.split(".")[-2])
         if heads:
             load = (lambda load=load, heads=heads: rope_pairs(load(), heads))

@@ -16,7 +16,6 @@ A tower trained without a class token (VisionConfig.class_token=False) is run ex
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Literal
 
 import gguf
@@ -25,7 +24,7 @@ import numpy as np
 from data_pipelines.images import CLIP_MEAN, CLIP_STD
 from mvlm_jax.convert.families import clip_mapping, projector_mapping
 from mvlm_jax.convert.mapping import export_plan
-from mvlm_jax.export.gguf_io import PlannedTensor, Q
+from mvlm_jax.export.gguf_io import PlannedTensor, Q, rename
 from mvlm_jax.models.config import VLMConfig
 
 ClsMode = Literal["keep", "reorder", "drop"]
@@ -53,13 +52,6 @@ _PROJECTOR_NAMES: list[tuple[str, str]] = [
     (r"peg\.peg\.0\.(.*)", r"model.peg.0.\1"),
     (r"([02])\.(weight|bias)", r"\1.\2"),    # mlp2x_gelu
 ]
-
-
-def _rename(name: str, table: list[tuple[str, str]], prefix: str) -> str:
-    for pattern, replacement in table:
-        if re.fullmatch(pattern, name):
-            return prefix + re.sub(pattern, replacement, name)
-    raise ValueError(f"no llama.cpp name for tensor {name}")
 
 
 def _mmproj_type(name: str, shape: tuple[int, ...]) -> Q:
@@ -104,7 +96,7 @@ def mmproj_tensors(params: dict[str, Any], config: VLMConfig, cls: ClsMode) -> l
     has_cls = config.vision.class_token and cls != "drop"
     planned = []
     for hf_name, shape, load in export_plan(params["vision"], clip_mapping(config.vision, "")):
-        name = _rename(hf_name, _VISION_NAMES, "")
+        name = rename(hf_name, _VISION_NAMES)
         if name == "v.class_embd" and not has_cls:
             continue
         if name == "v.position_embd.weight" and config.vision.class_token:
@@ -112,7 +104,7 @@ def mmproj_tensors(params: dict[str, Any], config: VLMConfig, cls: ClsMode) -> l
             shape = (shape[0] - (0 if has_cls else 1), shape[1])
         planned.append(PlannedTensor(name, tuple(shape), _mmproj_type(name, tuple(shape)), load))
     for source_name, shape, load in export_plan(params["projector"], projector_mapping(config.projector, "")):
-        name = _rename(source_name, _PROJECTOR_NAMES, "mm.")
+        name = rename(source_name, _PROJECTOR_NAMES, "mm.")
         if len(shape) == 4 and shape[2:] == (1, 1):  # 1x1 convs are plain matrices in the graph
             shape, load = shape[:2], (lambda load=load: load()[:, :, 0, 0])
         planned.append(PlannedTensor(name, tuple(shape), _mmproj_type(name, tuple(shape)), load))

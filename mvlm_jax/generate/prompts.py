@@ -13,8 +13,8 @@ import numpy as np
 
 from data_pipelines.templates import IMAGE_PLACEHOLDER, Segment, generation_prompt, tokenize
 from data_pipelines.tokenizer import Tokenizer
+from mvlm_jax.checkpoint import TOKENIZER_FILE
 
-TOKENIZER_FILE = "tokenizer.model"
 TEMPLATES = ("raw", "vicuna_v1")
 
 
