@@ -15,7 +15,7 @@ from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
 
 STAGES = {
     "1": dict(trainable=(r"^projector/",), files=("llava_caption",), template="plain", pad=False, examples=558_128,
-              batch=256, lr={"tiny": 3e-3, "demo": 3e-3, "1.4b": 1e-3, "2.7b": 1e-3}),
+              batch=256, lr={"tiny": 3e-3, "demo": 1e-3, "1.4b": 1e-3, "2.7b": 1e-3}),
     "2": dict(trainable=(r"^projector/", r"^llm/"), files=("llava_instruct",), template="vicuna_v1", pad=True,
               examples=665_298, batch=128, lr={"tiny": 1e-3, "demo": 1e-3, "1.4b": 2e-5, "2.7b": 4e-5}),
     "lora": dict(trainable=(r"^projector/", r"/lora_[ab]$"), files=("llava_instruct",), template="vicuna_v1",
@@ -49,7 +49,7 @@ def get_config(arg=None):
             c.model.vision_overrides = {"class_token": True}
         c.data.embedded.files = recipe["files"]
         c.data.update(seq_len=512, images_per_row=2)
-        c.train.update(total_steps={"1": 150, "2": 400, "lora": 400}[stage], batch_size=8)
+        c.train.update(total_steps={"1": 300, "2": 700, "lora": 700}[stage], batch_size=8)
         c.optim.warmup_steps = 10
         c.checkpoint.every = 100
         return c
