@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds[name] = train_stage(workdir, name, experiment, init_from, data, args.data, args.steps)
 
     model_dir = workdir / "vlm2" / "model"
+    evaluate.forget_stale_outputs(workdir, model_dir, args)
     tick = time.perf_counter()
     results = evaluate.answers_file(workdir / "answers_jax.json", model_dir, Path(paths["world"]), "test",
                                     args.questions)

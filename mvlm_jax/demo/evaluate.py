@@ -69,6 +69,23 @@ def answers_file(path: Path, model_dir: Path, world: Path, split: str, count: in
     return results
 
 
+def forget_stale_outputs(workdir: Path, model_dir: Path, settings: Any) -> None:
+    """Answers and GGUF files belong to one trained model and one set of questions: when the model
+    checkpoint or the settings differ from those of the last run (a stage retrained, another --data),
+    remove them so that they are made again."""
+    import shutil
+
+    stamp = {"model": (model_dir / "model_config.json").stat().st_mtime_ns, "data": settings.data,
+             "questions": settings.questions, "llamacpp_questions": settings.llamacpp_questions}
+    path = workdir / "outputs_of.json"
+    if path.is_file() and json.loads(path.read_text()) == stamp:
+        return
+    for stale in workdir.glob("answers_*.json"):
+        stale.unlink()
+    shutil.rmtree(workdir / "gguf", ignore_errors=True)  # the demo's own exports
+    _write_json(path, stamp)
+
+
 def accuracy(results: Sequence[dict]) -> dict[str, float]:
     by_type: dict[str, list[bool]] = collections.defaultdict(list)
     for r in results:

@@ -55,6 +55,7 @@ class LlamaCppModel:
             params.warmup = False
             self.mtmd = mtmd_cpp.mtmd_init_from_file(str(mmproj_path).encode(), self.llm.model, params)
             if not self.mtmd:
+                self.llm.close()  # the caller never gets an object to close
                 raise RuntimeError(f"llama.cpp could not load the mmproj {mmproj_path} for {model_path} "
                                    "(run with verbose llama.cpp logs to see why)")
 
@@ -135,6 +136,9 @@ class LlamaCppModel:
     def prefill(self, segments: Sequence[Segment]) -> np.ndarray:
         """Evaluate a fresh prompt; returns the logits [vocab] of its last position."""
         self.llm.reset()
+        segments = [s for s in segments if (isinstance(s, np.ndarray) and s.ndim == 3) or len(s)]
+        if not segments:
+            raise ValueError("empty prompt")
         for index, segment in enumerate(segments):
             last = index == len(segments) - 1
             if isinstance(segment, np.ndarray) and segment.ndim == 3:

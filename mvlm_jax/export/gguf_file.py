@@ -62,6 +62,8 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
     params, config = merge_lora(params, config)
     llm_params, llm_config = (params["llm"], config.llm) if vision else (params, config)
 
+    # Plan the mmproj before writing anything, so that a tensor it cannot name fails the export up front.
+    mmproj_plan = mmproj_tensors(params, config, cls) if vision else []
     llama_type, matrices = FILE_TYPES[file_type]
     direct = file_type in ("f32", "f16", "q8_0")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,5 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
             with atomic_file(paths[0], force=force) as partial:
                 llamacpp_quantize(first, partial, file_type)
     if vision:
-        write_gguf(paths[1], "clip", mmproj_metadata(config, f"mmproj-{name}"), mmproj_tensors(params, config, cls),
-                   force=force)
+        write_gguf(paths[1], "clip", mmproj_metadata(config, f"mmproj-{name}"), mmproj_plan, force=force)
     return paths

@@ -80,18 +80,21 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: Callable[[gguf.GGUF
         raise ValueError(f"duplicate GGUF tensor name(s) {duplicates}")
     with atomic_file(path, force=force) as partial:
         writer = gguf.GGUFWriter(partial, arch)
-        metadata(writer)
-        for tensor in tensors:
-            if tensor.qtype in (Q.F32, Q.F16):
-                dtype = np.float32 if tensor.qtype == Q.F32 else np.float16
-                writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(dtype), tensor.nbytes())
-            else:
-                byte_shape = gguf.quant_shape_to_byte_shape(tensor.shape, tensor.qtype)
-                writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes(), raw_dtype=tensor.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for tensor in tensors:
-            writer.write_tensor_data(tensor.encode())
-        writer.close()
+        try:
+            metadata(writer)
+            for tensor in tensors:
+                if tensor.qtype in (Q.F32, Q.F16):
+                    dtype = np.float32 if tensor.qtype == Q.F32 else np.float16
+                    writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(dtype), tensor.nbytes())
+                else:
+                    byte_shape = gguf.quant_shape_to_byte_shape(tensor.shape, tensor.qtype)
+                    writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), tensor.nbytes(),
+                                           raw_dtype=tensor.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for tensor in tensors:
+                writer.write_tensor_data(tensor.encode())
+        finally:
+            writer.close()
     return Path(path)

@@ -42,7 +42,8 @@ def sample(logits: np.ndarray, sampling: SamplingConfig, rng: np.random.Generato
     scaled = (logits - logits.max()) / sampling.temperature
     probs = np.exp(scaled) / np.exp(scaled).sum()
     order = np.argsort(-probs)
-    keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p  # the most likely token always stays
+    keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
+    keep[0] = True  # the most likely token always stays (top_p 0 is greedy), as in the JAX sampler
     kept = order[keep]
     return int(rng.choice(kept, p=probs[kept] / probs[kept].sum()))
 
@@ -67,7 +68,7 @@ class LlamaCppSession:
 
     def segments(self, text: str) -> list:
         before, marker, after = text.partition(IMAGE_PLACEHOLDER)
-        if not marker:
+        if not marker or self.image is None:  # without an image "<image>" is plain text
             return [self.tokenizer.encode(text, bos=True)]
         return [self.tokenizer.encode(before, bos=True), self.image, self.tokenizer.encode(after, bos=False)]
 
