@@ -72,6 +72,7 @@ def test_llm_file_holds_every_tensor_in_llamacpp_layout_and_the_metadata(tmp_pat
     assert types[0] == gguf.TokenType.UNKNOWN and types[1] == types[2] == gguf.TokenType.CONTROL
     assert types[3] == gguf.TokenType.BYTE and types[-1] == gguf.TokenType.UNUSED and tokens[-1] == "[PAD335]"
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert fields["tokenizer.ggml.add_space_prefix"] is True  # the SentencePiece model's add_dummy_prefix
 
 
 def test_chat_template_renders_the_vicuna_v1_text():

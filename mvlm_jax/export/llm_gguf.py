@@ -8,6 +8,7 @@ consecutive pairs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import gguf
@@ -95,6 +96,15 @@ def vocabulary(tokenizer: str | os.PathLike, vocab_size: int) -> tuple[list[byte
     return pieces, scores, types, processor.unk_id()
 
 
+def adds_space_prefix(tokenizer: str | os.PathLike) -> bool:
+    """The SentencePiece model's own add_dummy_prefix (LLaMA's: true), so llama.cpp tokenizes as it does."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(tokenizer).read_bytes())
+    return bool(proto.normalizer_spec.add_dummy_prefix)
+
+
 def _single_id(value: int | tuple[int, ...] | None) -> int | None:
     return value[0] if isinstance(value, tuple) else value
 
@@ -102,6 +112,7 @@ def _single_id(value: int | tuple[int, ...] | None) -> int | None:
 def llm_metadata(config: LlamaConfig, name: str, file_type: gguf.LlamaFileType,
                  tokenizer: str | os.PathLike) -> Callable[[gguf.GGUFWriter], None]:
     pieces, scores, types, unk_id = vocabulary(tokenizer, config.vocab_size)
+    space_prefix = adds_space_prefix(tokenizer)
 
     def write(writer: gguf.GGUFWriter) -> None:
         writer.add_name(name)
@@ -131,6 +142,6 @@ def llm_metadata(config: LlamaConfig, name: str, file_type: gguf.LlamaFileType,
         writer.add_unk_token_id(unk_id)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        writer.add_add_space_prefix(True)
+        writer.add_add_space_prefix(space_prefix)
         writer.add_chat_template(VICUNA_V1_JINJA)
     return write
