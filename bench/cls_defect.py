@@ -76,7 +76,7 @@ def main() -> None:
     measured = {}
     for mode in MODES:
         out = demo / "cls_gguf" / mode
-        files = tuple(output_paths(out, "cls", "f32", vision=True))
+        files = tuple(output_paths(out, "cls", "f32", vision=True, cls=mode))
         if not all(p.is_file() for p in files):
             export_gguf(model_dir, out, "f32", name="cls", cls=mode, force=True)
         similarity = embedding_similarity(files, model_dir, results[:args.images], world)

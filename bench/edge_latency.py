@@ -11,7 +11,7 @@ Generation goes through llama.cpp's sampler chain (greedy, EOS masked by a logit
 come out. Weights are random (jax.random init, checkpoint, GGUF export): speed does not depend on them.
 
   python -m bench.edge_latency [--sizes tiny,1.4b,2.7b] [--types q4_k_s,q8_0] [--projectors ldp,mlp2x_gelu]
-      [--vlm-sizes tiny,1.4b] [--vlm-types q4_k_s] [--lm-tokens 400] [--vlm-tokens 256] [--workdir DIR]
+      [--vlm-sizes tiny,1.4b,2.7b] [--vlm-types q4_k_s] [--lm-tokens 400] [--vlm-tokens 256] [--workdir DIR]
 
 Exports are kept in --workdir and reused on a re-run; checkpoints are deleted once their exports exist.
 """
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="tiny,1.4b,2.7b")
     parser.add_argument("--types", default="q4_k_s,q8_0", help="LLM types of the LM runs")
     parser.add_argument("--projectors", default="ldp,mlp2x_gelu")
-    parser.add_argument("--vlm-sizes", default="tiny,1.4b", help="sizes that also get VLM runs")
+    parser.add_argument("--vlm-sizes", default="tiny,1.4b,2.7b", help="sizes that also get VLM runs")
     parser.add_argument("--vlm-types", default="q4_k_s", help="LLM types of the VLM runs (the paper: 4-bit)")
     parser.add_argument("--lm-tokens", type=int, default=400)
     parser.add_argument("--vlm-tokens", type=int, default=256)
@@ -341,7 +341,7 @@ def note(threads: int, lm_tokens: int, vlm_tokens: int, elapsed: float) -> str:
             f"threads; the paper's Tables 5/6 are a Snapdragon 888 (CPU, 4-bit) and a Jetson AGX Orin (CUDA), "
             f"so compare ratios (q4 vs q8, 1.4B vs 2.7B, LDP vs MLP), not absolute numbers. LM: prompt "
             f"{LM_PROMPT!r}, {lm_tokens} tokens out. VLM: vicuna_v1 system message + USER: <image 336x336>\\n"
-            f"{VLM_QUESTION} ASSISTANT:, {vlm_tokens} tokens out; LLM 4-bit, mmproj f16; the 1.4B VLMs use the "
+            f"{VLM_QUESTION} ASSISTANT:, {vlm_tokens} tokens out; LLM 4-bit, mmproj f16; the 1.4B and 2.7B VLMs use the "
             f"ViT-L/14-336 tower (23 blocks run), tiny uses a 64-wide 2-block tower on the same 24x24 grid. "
             f"Prompt tokens include the visual tokens (LDP 144, MLP 576). Load = llama.cpp's t_load_ms for the "
             f"LLM (it runs to the end of the first decode, a one-token warm-up as in llama.cpp's CLI); image encode = the prefill's "

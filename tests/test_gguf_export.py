@@ -94,8 +94,10 @@ def test_mmproj_holds_the_run_blocks_and_projector_in_llamacpp_names(tmp_path, p
     config = gguf_helpers.vlm_config(projector, class_token)
     ckpt, params = gguf_helpers.checkpoint(tmp_path / "vlm", config)
     paths = export_gguf(ckpt, tmp_path / "out", "f16", cls=cls)
-    assert [p.name for p in paths] == ["vlm-f16.gguf", "mmproj-vlm-f16.gguf"]
+    mmproj_name = "mmproj-vlm-f16.gguf" if cls == "keep" else f"mmproj-vlm-cls-{cls}-f16.gguf"
+    assert [p.name for p in paths] == ["vlm-f16.gguf", mmproj_name]
     tensors, fields = read(paths[1])
+    assert fields["general.name"] == mmproj_name.removesuffix("-f16.gguf")
     assert fields["clip.projector_type"] == {"ldp": "ldp", "ldpv2": "ldpv2", "mlp2x_gelu": "mlp"}[projector]
     # 3 source blocks, select_layer -2: exactly 2 written, and feature_layer makes llama.cpp run both.
     assert fields["clip.vision.block_count"] == 2 and list(fields["clip.vision.feature_layer"]) == [2]
@@ -148,6 +150,18 @@ def test_existing_outputs_are_kept_and_bad_input_is_named(tmp_path, capsys):
     assert export_main(["--ckpt", str(ckpt), "--out", str(out), "--type", "q8_0", "--force"]) == 0
     assert gguf.GGUFReader(out / "mmproj-vlm-f16.gguf").fields["clip.projector_type"].contents() == "ldp"
     assert sorted(p.name for p in out.iterdir()) == ["mmproj-vlm-f16.gguf", "vlm-q8_0.gguf"]
+    # A --cls workaround goes beside the faithful export, without --force and without touching it.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert export_main(["--ckpt", str(ckpt), "--out", str(out), "--cls", "drop", "--mmproj-only"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mmproj-vlm-cls-drop-f16.gguf", "mmproj-vlm-f16.gguf",
+                                                     "vlm-q8_0.gguf"]
+    assert all(out.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
+    drop_tensors = gguf.GGUFReader(out / "mmproj-vlm-cls-drop-f16.gguf").tensors
+    keep_tensors = gguf.GGUFReader(out / "mmproj-vlm-f16.gguf").tensors
+    assert {t.name for t in keep_tensors} - {t.name for t in drop_tensors} == {"v.class_embd"}
+    llm_ckpt, _ = gguf_helpers.checkpoint(tmp_path / "llm", config.llm)
+    with pytest.raises(ValueError, match="text-only checkpoint has no mmproj"):
+        export_gguf(llm_ckpt, tmp_path / "o3", "f16", mmproj_only=True)
 
     (ckpt / "tokenizer.model").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.model: no SentencePiece model"):

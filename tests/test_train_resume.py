@@ -36,6 +36,20 @@ def records(workdir):
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def tensorboard_events(event_file):
+    """The Event protos of one TensorBoard file (TFRecord framing: length, crc, payload, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, offset, events = Path(event_file).read_bytes(), 0, []
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 12 + length + 4
+    return events
+
+
 def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root):
     run(tmp_path / "reference", data_root, 20)
     reference = [(r["step"], r["loss"], r["batch_hash"]) for r in records(tmp_path / "reference")]
@@ -65,6 +79,17 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root
     resumed = run(killed, data_root, 20)
     assert "resumed from" in resumed.stdout
     assert [(r["step"], r["loss"], r["batch_hash"]) for r in records(killed)] == reference
+    # TensorBoard: the resumed run's file opens with a purge marker at the restored step + 1, so the
+    # interrupted run's points past the checkpoint are hidden; it then logs exactly the steps it ran.
+    restored = int(resumed.stdout.split("resumed from")[1].split("at step")[1].split()[0])
+    assert restored in (10, 15) and restored < steps_before
+    first, second = sorted((killed / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    events = tensorboard_events(second)
+    purge = [e for e in events if e.HasField("session_log")]
+    assert len(purge) == 1 and purge[0].session_log.status == purge[0].session_log.START
+    assert purge[0].step == restored + 1
+    assert sorted({e.step for e in events if e.summary.value}) == list(range(restored + 1, 21))
+    assert not any(e.HasField("session_log") for e in tensorboard_events(first))
 
     # Damage the newest checkpoint: the run says so, falls back to the previous one and still matches.
     newest = max((killed / "checkpoints").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mvlm_jax.models import build_model, init_params
 from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
@@ -98,6 +99,22 @@ def test_frozen_tower_costs_no_backward_pass():
                                    params, batch["images"])
     saved = compiled_flops(step_tower, with_tower, batch) - compiled_flops(step1, stage1, batch)
     assert saved > 1.5 * tower_forward > 0
+
+
+@pytest.mark.parametrize("projector", ["ldp", "ldpv2", "mlp2x_gelu"])
+def test_projector_flops_formula_matches_xla(projector):
+    """The MFU's projector term against XLA's own count of the compiled forward (which also counts the
+    elementwise work the formula leaves out: norms, activations, pooling)."""
+    from mvlm_jax.models.projectors import Projector
+    from mvlm_jax.train.metrics import projector_forward_flops
+
+    config, width, hidden, tokens = PROJECTOR_PRESETS[projector], 256, 256, 24 * 24
+    module = Projector(config, hidden)
+    features = jnp.zeros((1, tokens, width), jnp.float32)
+    params = module.init(jax.random.key(0), features)
+    measured = compiled_flops(lambda p, x: module.apply(p, x), params, features)
+    formula = projector_forward_flops(config, width, hidden, tokens)
+    assert 0.85 * measured < formula <= measured, (formula, measured)
 
 
 def test_lora_stage_trains_adapters_and_projector_only():

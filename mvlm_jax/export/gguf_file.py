@@ -10,16 +10,22 @@ from mvlm_jax.atomic import atomic_file, ensure_writable
 from mvlm_jax.checkpoint import TOKENIZER_FILE, load_model
 from mvlm_jax.export.gguf_io import FILE_TYPES, write_gguf
 from mvlm_jax.export.llm_gguf import llm_metadata, llm_tensors
-from mvlm_jax.export.mmproj_gguf import ClsMode, check_supported, mmproj_metadata, mmproj_tensors
+from mvlm_jax.export.mmproj_gguf import CLS_MODES, ClsMode, check_supported, mmproj_metadata, mmproj_tensors
 from mvlm_jax.models.config import LlamaConfig, VLMConfig
 from mvlm_jax.models.lora import merge_lora
 
 
-def output_paths(out: str | os.PathLike, name: str, file_type: str, vision: bool) -> list[Path]:
+def output_paths(out: str | os.PathLike, name: str, file_type: str, vision: bool,
+                 cls: ClsMode = "keep") -> list[Path]:
+    """[LLM file] or [LLM file, mmproj file]. A `cls` workaround other than the faithful "keep" is part of
+    the mmproj's name (`mmproj-NAME-cls-drop-f16.gguf`), so exports in several modes sit side by side."""
+    if cls not in CLS_MODES:
+        raise ValueError(f"unknown --cls mode {cls!r}; expected one of {list(CLS_MODES)}")
     out = Path(out)
     paths = [out / f"{name}-{file_type}.gguf"]
     if vision:
-        paths.append(out / f"mmproj-{name}-f16.gguf")
+        mode = "" if cls == "keep" else f"-cls-{cls}"
+        paths.append(out / f"mmproj-{name}{mode}-f16.gguf")
     return paths
 
 
@@ -37,18 +43,19 @@ def llamacpp_quantize(source: Path, target: Path, file_type: str, threads: int =
 
 def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str = "f16",
                 tokenizer: str | os.PathLike | None = None, name: str | None = None, cls: ClsMode = "keep",
-                force: bool = False) -> list[Path]:
+                force: bool = False, mmproj_only: bool = False) -> list[Path]:
     """Write the GGUF file(s) for checkpoint `ckpt` into directory `out`; returns their paths.
 
     Every file is written under a temporary name and renamed when complete; existing files are kept
     unless `force`. For K-quant types an F16 file is written to a temporary directory first.
+    `mmproj_only` writes just the vision file (e.g. a `--cls` workaround beside an existing export).
     """
     if file_type not in FILE_TYPES:
         raise ValueError(f"unknown GGUF type {file_type!r}; expected one of {list(FILE_TYPES)}")
     ckpt = Path(ckpt)
     name = name or ckpt.absolute().name
     tokenizer = Path(tokenizer) if tokenizer else ckpt / TOKENIZER_FILE
-    if not tokenizer.is_file():
+    if not mmproj_only and not tokenizer.is_file():
         raise FileNotFoundError(f"{tokenizer}: no SentencePiece model; the checkpoint carries none, pass --tokenizer")
     params, config = load_model(ckpt)
     if not isinstance(config, (LlamaConfig, VLMConfig)):
@@ -56,7 +63,11 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
     vision = isinstance(config, VLMConfig)
     if vision:
         check_supported(config)
-    paths = output_paths(out, name, file_type, vision)
+    elif mmproj_only:
+        raise ValueError(f"{ckpt}: a text-only checkpoint has no mmproj (drop --mmproj-only)")
+    paths = output_paths(out, name, file_type, vision, cls)
+    if mmproj_only:
+        paths = paths[1:]
     for path in paths:
         ensure_writable(path, force)
     params, config = merge_lora(params, config)
@@ -64,17 +75,25 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
 
     # Plan the mmproj before writing anything, so that a tensor it cannot name fails the export up front.
     mmproj_plan = mmproj_tensors(params, config, cls) if vision else []
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if not mmproj_only:
+        _write_llm(paths[0], out, name, file_type, llm_params, llm_config, tokenizer, force)
+    if vision:
+        write_gguf(paths[-1], "clip", mmproj_metadata(config, paths[-1].name.removesuffix("-f16.gguf")),
+                   mmproj_plan, force=force)
+    return paths
+
+
+def _write_llm(path: Path, out: str | os.PathLike, name: str, file_type: str, llm_params: dict,
+               llm_config: LlamaConfig, tokenizer: Path, force: bool) -> None:
+    """The LLM file; K-quants go through an F16 scratch file in a temporary directory inside `out`."""
     llama_type, matrices = FILE_TYPES[file_type]
     direct = file_type in ("f32", "f16", "q8_0")
-    Path(out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
-        first = paths[0] if direct else Path(scratch) / "f16.gguf"
+        first = path if direct else Path(scratch) / "f16.gguf"
         written_type, written_matrices = (llama_type, matrices) if direct else FILE_TYPES["f16"]
         write_gguf(first, "llama", llm_metadata(llm_config, name, written_type, tokenizer),
                    llm_tensors(llm_params, llm_config, written_matrices), force=force)
         if not direct:
-            with atomic_file(paths[0], force=force) as partial:
+            with atomic_file(path, force=force) as partial:
                 llamacpp_quantize(first, partial, file_type)
-    if vision:
-        write_gguf(paths[1], "clip", mmproj_metadata(config, f"mmproj-{name}"), mmproj_plan, force=force)
-    return paths

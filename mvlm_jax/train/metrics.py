@@ -3,7 +3,7 @@
 Training FLOPs per step = 6 * (parameters touched per token) * tokens + attention FLOPs, with attention at
 12 * layers * seq * (heads * head_dim) per token (forward 4, backward 8; causal masking not discounted, as
 MaxText counts it). For a VLM the tower's forward (2 N per patch, frozen: no backward) and the projector
-are added per image.
+(its matmul and convolution FLOPs, forward + backward = 3x forward, as it always trains) are added per image.
 """
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mvlm_jax.models.config import LlamaConfig, VLMConfig
+import math
+
+from mvlm_jax.models.config import LlamaConfig, ProjectorConfig, VLMConfig
 from mvlm_jax.models.llama import count_params as llama_params
+from mvlm_jax.models.projectors import make_divisible
 from mvlm_jax.models.vit import count_params as vit_params
 
 # Dense bf16 peak FLOP/s per device (vendor figures, without sparsity).
@@ -38,6 +41,28 @@ def llm_flops_per_token(config: LlamaConfig, seq_len: int, trained_share: float 
     return (4 + 2 * trained_share) * dense + attention
 
 
+def projector_forward_flops(config: ProjectorConfig, vision_width: int, hidden: int, num_tokens: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one image through the projector: `num_tokens` vision features
+    [num_tokens, vision_width] -> LLM embeddings of width `hidden`. Norms, activations and pooling are
+    not counted (as MaxText counts only matmuls); a 3x3 depthwise convolution is 9 MACs per output value."""
+    def mlp(tokens: int, width_in: int) -> float:
+        return 2.0 * tokens * (width_in * hidden + hidden * hidden)
+
+    if config.type == "mlp2x_gelu":
+        return mlp(num_tokens, vision_width)
+    if config.type == "ldpv2":
+        return mlp(num_tokens, vision_width) + 2.0 * 9 * hidden * config.pool_side**2
+    flops, channels, side = 0.0, vision_width, math.isqrt(num_tokens)
+    if config.front_mlp:
+        flops, channels = mlp(num_tokens, vision_width), hidden
+    for stride in config.block_strides:
+        side = (side - 1) // stride + 1
+        squeeze = make_divisible(channels // 4, 8)
+        flops += 2.0 * side * side * (9 * channels + channels * hidden) + 2.0 * 2 * channels * squeeze
+        channels = hidden
+    return flops
+
+
 def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_share: float = 1.0) -> float:
     """Training FLOPs of one optimizer step over `tokens` tokens and `images` images; `trained_share`:
     the fraction of the LLM's weights that get gradients."""
@@ -45,13 +70,17 @@ def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_
     flops = llm_flops_per_token(llm, seq_len, trained_share) * tokens
     if isinstance(config, VLMConfig) and images:
         tower = vit_params(config.vision) * config.vision.num_positions * 2  # forward only
-        flops += tower * images
+        projector = 3 * projector_forward_flops(config.projector, config.vision.width, llm.hidden_size,
+                                                config.vision.num_output_tokens)
+        flops += (tower + projector) * images
     return flops
 
 
 class MetricsWriter:
     """metrics.jsonl (one object per step, flushed) and TensorBoard events beside it. On resume, lines
-    past the restored step (written by the interrupted run after its last checkpoint) are dropped."""
+    past the restored step (written by the interrupted run after its last checkpoint) are dropped, and the
+    new event file starts with TensorBoard's purge marker for those steps (TensorBoard then hides the
+    interrupted run's points past the restored step, instead of drawing two curves over them)."""
 
     def __init__(self, workdir: Path, start_step: int, enabled: bool = True):
         self.enabled = enabled
@@ -68,7 +97,8 @@ class MetricsWriter:
         os.replace(partial, self.path)
         self._file = self.path.open("a")
         from tensorboardX import SummaryWriter
-        self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"),
+                                          purge_step=start_step + 1 if start_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
