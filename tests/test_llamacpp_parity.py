@@ -148,7 +148,7 @@ def test_official_layout_round_trip_runs_in_llamacpp(tmp_path, projector_type):
     drop_params["vision"]["position_embedding"] = params["vision"]["position_embedding"][1:]
     drop_config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, class_token=False))
     expected = _greedy_without_cache(build_model(drop_config), drop_params, tokens, pixels, len(before), 6)
-    with LlamaCppModel(tmp_path / "out" / "ckpt-f32.gguf", tmp_path / "out" / "mmproj-ckpt-f16.gguf") as runtime:
+    with LlamaCppModel(tmp_path / "out" / "ckpt-f32.gguf", tmp_path / "out" / "mmproj-ckpt-cls-drop-f16.gguf") as runtime:
         generated = runtime.greedy([before, rgb, after], max_new_tokens=6)
     assert generated == expected
 

@@ -41,3 +41,5 @@ def test_gradient_accumulation_keeps_each_device_on_its_own_rows():
         hlo = run.step.lower(run.abstract_state, abstract_batch(config, run)).compile().as_text()
     assert "all-reduce" in hlo
     assert "all-gather" not in hlo and "collective-permute" not in hlo
+    # The trainer's CPU compiler options reach the compile: XLA's own dots, no YNNPACK fusions.
+    assert "__ynn_fusion" not in hlo and " dot(" in hlo

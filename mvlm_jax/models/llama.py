@@ -19,16 +19,25 @@ from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, cached_a
                                     scan_layers, segment_causal_mask)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding in HF's rotate_half layout. x: [batch, seq, heads, head_dim]; positions: [batch, seq]."""
-    head_dim = x.shape[-1]
+Rope = tuple[jax.Array, jax.Array]  # (cos, sin), each [batch, seq, 1, head_dim] float32
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> Rope:
+    """cos and sin of HF's rotary angles for [batch, seq] positions, computed once per forward and shared
+    by every layer (inside the layers they would be recomputed per layer, for queries and keys)."""
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, seq, head_dim / 2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, rope: Rope) -> jax.Array:
+    """Rotary embedding in HF's rotate_half layout. x: [batch, seq, heads, head_dim]; rope from rope_tables."""
+    cos, sin = rope
     x32 = x.astype(jnp.float32)
     first, second = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([-second, first], axis=-1)
-    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 KVCache = tuple[jax.Array, jax.Array]  # (key, value) [batch, kv_heads, max_len, head_dim]; stacked: [layers, ...]
@@ -53,9 +62,9 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, rope: Rope,
                  cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; positions: [batch, seq].
+        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; rope: rope_tables of the [batch, seq] positions.
 
         With one layer's `cache` (generation; mask is then CacheMasks): attention runs over the cache
         and this block; the cache is only read, and this block's (key, value) is returned beside the
@@ -71,8 +80,8 @@ class Attention(nn.Module):
         key = project("k_proj", cfg.kv_dim, ("embed", "kv_heads"), x)
         value = project("v_proj", cfg.kv_dim, ("embed", "kv_heads"), x)
         query, key, value = (rearrange(t, "b s (n h) -> b s n h", h=head_dim) for t in (query, key, value))
-        query = apply_rope(query, positions, cfg.rope_theta)
-        key = apply_rope(key, positions, cfg.rope_theta)
+        query = apply_rope(query, rope)
+        key = apply_rope(key, rope)
         query = nn.with_logical_constraint(query, ("batch", "length", "act_heads", None))
         if cache is not None:
             out = cached_attention(query, key, value, *cache, *mask)
@@ -110,7 +119,7 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, positions: jax.Array,
+    def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, rope: Rope,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """Returns (x, None), or (x, this block's (key, value)) when given one layer's cache (see Attention)."""
         cfg = self.config
@@ -118,9 +127,9 @@ class DecoderBlock(nn.Module):
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="input_norm")(x)
         attn = Attention(cfg, self.deterministic, name="attn")
         if cache is None:
-            x = x + attn(normed, mask, positions)
+            x = x + attn(normed, mask, rope)
         else:
-            attended, cache = attn(normed, mask, positions, cache)
+            attended, cache = attn(normed, mask, rope, cache)
             x = x + attended
         normed = RMSNorm(cfg.rms_norm_eps, dtype, name="post_attn_norm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(normed)
@@ -164,8 +173,11 @@ class MobileLLaMA(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, _ = self.layers(x, segment_causal_mask(segment_ids), positions, None)
+        x, _ = self.layers(x, segment_causal_mask(segment_ids), self.rope(positions), None)
         return self.head(x)
+
+    def rope(self, positions: jax.Array) -> Rope:
+        return rope_tables(positions, self.config.resolved_head_dim, self.config.rope_theta)
 
     def head(self, x: jax.Array) -> jax.Array:
         """Final norm and LM head: [batch, seq, embed] -> float32 logits [batch, seq, vocab]."""
@@ -189,7 +201,7 @@ class MobileLLaMA(nn.Module):
         """
         x = self.embed(tokens) if input_embeddings is None else input_embeddings.astype(DTYPES[self.config.dtype])
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, (keys, values) = self.layers(x, masks, positions, cache)
+        x, (keys, values) = self.layers(x, masks, self.rope(positions), cache)
         return self.head(x[:, -1:] if last_only else x), write_cache(cache, keys, values, cache_index)
 
 

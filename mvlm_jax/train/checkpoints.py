@@ -16,6 +16,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -25,6 +26,15 @@ class CheckpointConfig:
     keep: int = 3
     keep_every: int | None = None  # also keep every k-th step forever
     async_save: bool = True
+
+
+def _on_every_process(flag: bool) -> bool:
+    """True when `flag` holds on every process (a collective: all processes must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 class TrainCheckpoints:
@@ -57,13 +67,22 @@ class TrainCheckpoints:
         """(step, state, metadata) of the newest readable checkpoint, or None when there is none; the data
         stream is moved to the saved position."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            readable = True
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()))
                 data_state = self._data_state(step)
+                json.loads(data_state)  # grain's state is JSON: a truncated file fails here, not in set_state
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: try the previous one
                 print(f"checkpoint at step {step} is damaged ({type(error).__name__}: {str(error)[:200]}); "
                       "falling back to the previous one", file=sys.stderr)
+                readable = False
+            # Every process must resume from the same step: one that cannot read its part (its data file,
+            # its shards) makes all of them fall back together.
+            if not _on_every_process(readable):
+                if readable:
+                    print(f"checkpoint at step {step} is damaged for another process; falling back to the "
+                          "previous one", file=sys.stderr)
                 continue
             data_stream.set_state(data_state)
             return step, restored.state, restored.metadata

@@ -16,7 +16,7 @@ from mvlm_jax.models.config import ModelConfig, VLMConfig
 from mvlm_jax.train import setup
 from mvlm_jax.train.optimizer import make_optimizer, schedule
 from mvlm_jax.train.partition import is_trainable, split
-from mvlm_jax.train.step import init_state, make_train_step
+from mvlm_jax.train.step import compiler_options, init_state, make_train_step
 
 
 def validate(config: ml_collections.ConfigDict, devices: int) -> None:
@@ -89,7 +89,8 @@ def build_run(config: ml_collections.ConfigDict, devices: list | None = None) ->
     step_fn = make_train_step(model, optimizer, lr_schedule, config.train.accumulation_steps)
     with sharding.activate(mesh):
         jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+                         out_shardings=(state_shardings, replicated), donate_argnums=0,
+                         compiler_options=compiler_options(devices[0].platform))
     return Run(mesh, model, model_config, optimizer, trainable_of, param_shardings, state_shardings, abstract_state,
                batch_sharding, replicated, jitted)
 
