@@ -75,15 +75,21 @@ def gemm_gflops(framework: str, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def small_llama_config(dtype: str = "float32"):
+    """Our LlamaConfig of SHAPE, the layer scan unrolled (same math, no loop: as torch runs the layers)."""
+    from mvlm_jax.models.config import LlamaConfig
+
+    return LlamaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
+                       num_layers=SHAPE["num_layers"], num_heads=SHAPE["num_heads"], num_kv_heads=SHAPE["num_heads"],
+                       intermediate_size=SHAPE["intermediate_size"], max_position_embeddings=SHAPE["seq"],
+                       scan_unroll=SHAPE["num_layers"], dtype=dtype)
+
+
 def small_llama_flops_per_token() -> float:
     """Training FLOPs per token of the bench's small LLaMA (the trainer's MFU formula)."""
-    from mvlm_jax.models.config import LlamaConfig
     from mvlm_jax.train.metrics import llm_flops_per_token
 
-    config = LlamaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
-                         num_layers=SHAPE["num_layers"], num_heads=SHAPE["num_heads"], num_kv_heads=SHAPE["num_heads"],
-                         intermediate_size=SHAPE["intermediate_size"], max_position_embeddings=SHAPE["seq"])
-    return llm_flops_per_token(config, SHAPE["seq"])
+    return llm_flops_per_token(small_llama_config(), SHAPE["seq"])
 
 
 def jax_tokens_per_s(steps: int, dtype: str = "float32", xla_defaults: bool = False) -> float:
@@ -92,14 +98,10 @@ def jax_tokens_per_s(steps: int, dtype: str = "float32", xla_defaults: bool = Fa
     import jax.numpy as jnp
 
     from mvlm_jax.models import build_model, init_params
-    from mvlm_jax.models.config import LlamaConfig
     from mvlm_jax.train.optimizer import OptimConfig, make_optimizer, schedule
     from mvlm_jax.train.step import compiler_options, init_state, make_train_step
 
-    config = LlamaConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
-                         num_layers=SHAPE["num_layers"], num_heads=SHAPE["num_heads"], num_kv_heads=SHAPE["num_heads"],
-                         intermediate_size=SHAPE["intermediate_size"], max_position_embeddings=SHAPE["seq"],
-                         scan_unroll=SHAPE["num_layers"], dtype=dtype)  # layers unrolled: same math, no loop (as torch runs them)
+    config = small_llama_config(dtype)
     optim = OptimConfig(learning_rate=1e-4, warmup_steps=1, total_steps=1000)
     optimizer = make_optimizer(optim)
     state = init_state(init_params(config, jax.random.key(0)), {}, optimizer, jax.random.key(1))

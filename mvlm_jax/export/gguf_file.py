@@ -77,19 +77,19 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
     mmproj_plan = mmproj_tensors(params, config, cls) if vision else []
     Path(out).mkdir(parents=True, exist_ok=True)
     if not mmproj_only:
-        _write_llm(paths[0], out, name, file_type, llm_params, llm_config, tokenizer, force)
+        _write_llm(paths[0], name, file_type, llm_params, llm_config, tokenizer, force)
     if vision:
         write_gguf(paths[-1], "clip", mmproj_metadata(config, paths[-1].name.removesuffix("-f16.gguf")),
                    mmproj_plan, force=force)
     return paths
 
 
-def _write_llm(path: Path, out: str | os.PathLike, name: str, file_type: str, llm_params: dict,
-               llm_config: LlamaConfig, tokenizer: Path, force: bool) -> None:
-    """The LLM file; K-quants go through an F16 scratch file in a temporary directory inside `out`."""
+def _write_llm(path: Path, name: str, file_type: str, llm_params: dict, llm_config: LlamaConfig,
+               tokenizer: Path, force: bool) -> None:
+    """The LLM file; K-quants go through an F16 scratch file in a temporary directory beside it."""
     llama_type, matrices = FILE_TYPES[file_type]
     direct = file_type in ("f32", "f16", "q8_0")
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         first = path if direct else Path(scratch) / "f16.gguf"
         written_type, written_matrices = (llama_type, matrices) if direct else FILE_TYPES["f16"]
         write_gguf(first, "llama", llm_metadata(llm_config, name, written_type, tokenizer),

@@ -8,11 +8,10 @@ MaxText counts it). For a VLM the tower's forward (2 N per patch, frozen: no bac
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
-
-import math
 
 from mvlm_jax.models.config import LlamaConfig, ProjectorConfig, VLMConfig
 from mvlm_jax.models.llama import count_params as llama_params

@@ -18,16 +18,16 @@ import optax
 from mvlm_jax.train.partition import merge
 
 State = dict[str, Any]  # {"trainable", "frozen", "opt_state", "step", "rng"}
+Batch = dict[str, jax.Array]
 
 # XLA:CPU in this jaxlib hands dots to YNNPACK fusions by default; on the 2-core AVX2 machine they ran the
-# train step 1.14x slower than XLA's own (Eigen) dots (bench.train_throughput, docs/PERFORMANCE.md).
+# train step 1.14-1.16x slower than XLA's own (Eigen) dots (bench.train_throughput, docs/PERFORMANCE.md).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options(platform: str) -> dict[str, str]:
     """XLA options for jitting the train step on `platform` ("cpu", "gpu", "tpu")."""
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
-Batch = dict[str, jax.Array]
 
 
 def model_forward(model: nn.Module, params: Any, batch: Batch, rng: jax.Array) -> jax.Array:
