@@ -21,7 +21,7 @@ State = dict[str, Any]  # {"trainable", "frozen", "opt_state", "step", "rng"}
 Batch = dict[str, jax.Array]
 
 # XLA:CPU in this jaxlib hands dots to YNNPACK fusions by default; on the 2-core AVX2 machine they ran the
-# train step 1.14-1.16x slower than XLA's own (Eigen) dots (bench.train_throughput, docs/PERFORMANCE.md).
+# train step 1.16x slower than XLA's own (Eigen) dots (bench.train_throughput, docs/PERFORMANCE.md).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
