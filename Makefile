@@ -24,6 +24,7 @@ bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
 	$(PY) -m bench.train_throughput
+	$(PY) -m bench.projector_backward
 	$(PY) -m bench.generate_throughput
 	$(PY) -m bench.edge_latency
 
