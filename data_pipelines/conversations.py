@@ -55,6 +55,7 @@ class Examples:
     images: list[str | None]
     lengths: list[int]  # model inputs after widening: len(widened ids) - 1
     report: SkipReport
+    truncated: int = 0  # kept, but cut to seq_len (the truncation rule)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,12 +86,16 @@ def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples
                 examples.report.add(Problem(record.path, record.line, TOO_LONG, f"{widened_length(ids, config.num_visual_tokens)}"
                                             f" tokens with images widened > seq_len {config.seq_len}"))
                 continue
+            examples.truncated += len(fitted[0]) < len(ids)
             examples.ids.append(fitted[0])
             examples.target.append(fitted[1])
             examples.images.append(image)
             examples.lengths.append(widened_length(fitted[0], config.num_visual_tokens))
     if examples.report.total:
         print(f"skipped {examples.report.total} record(s), kept {len(examples)}:\n{examples.report.format()}",
+              file=sys.stderr)
+    if examples.truncated:
+        print(f"truncated {examples.truncated} of {len(examples)} kept record(s) to seq_len {config.seq_len}",
               file=sys.stderr)
     if not len(examples):
         raise ValueError(f"no usable examples in {list(config.files)}")

@@ -31,9 +31,9 @@ def get_config(arg=None):
     if size == "demo":
         embedded_demo(c)
         c.data.seq_len = 512
-        c.train.update(total_steps=150, batch_size=8)
+        c.train.update(total_steps=60, batch_size=8)
         c.optim.update(learning_rate=1e-3, warmup_steps=6)
-        c.checkpoint.every = 50
+        c.checkpoint.every = 30
         return c
     learning_rate, epochs = {"1.4b": (2e-5, 3), "2.7b": (3e-5, 2)}[size]
     steps = epochs * SHAREGPT_CONVERSATIONS // 128

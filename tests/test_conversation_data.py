@@ -91,7 +91,7 @@ def test_packed_loss_per_answer_token_equals_unpacked(world):
     np.testing.assert_allclose(packed_losses, np.concatenate(alone), atol=1e-5)
 
 
-def test_truncation_rule_and_too_long_is_counted(world, tmp_path):
+def test_truncation_rule_and_too_long_is_counted(world, tmp_path, capsys):
     root, tokenizer = world
     long_answer = " ".join(["blue"] * 400)
     records = [{"conversations": [{"from": "human", "value": "say blue"}, {"from": "gpt", "value": long_answer}]},
@@ -106,6 +106,7 @@ def test_truncation_rule_and_too_long_is_counted(world, tmp_path):
     assert len(examples) == 1 and len(examples.ids[0]) == 201  # the long answer is cut to seq_len inputs
     assert examples.target[0][-1] and not examples.target[0][:10].any()
     assert examples.report.counts == {"too_long": 1}  # its question fills the row: no answer would remain
+    assert examples.truncated == 1 and "truncated 1 of 1 kept record(s) to seq_len 200" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no usable examples"):
         prepare_examples(dataclasses.replace(cfg, truncate=False), Tokenizer(tokenizer.path))
 
