@@ -1,7 +1,7 @@
 # Thin wrappers: every target calls a Python entry point of the package.
 PY      ?= .venv/bin/python
 PYTEST_ARGS ?=
-# pytest-xdist processes (PYTEST_WORKERS=0: serial): 15 min 51 s against about 20 min serial on a 2-core EPYC
+# pytest-xdist processes; PYTEST_WORKERS=0 runs the tests serially
 PYTEST_WORKERS ?= 2
 
 SIZE    ?= tiny

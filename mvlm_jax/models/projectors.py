@@ -12,7 +12,6 @@ Parameter trees (C_v = vision width, D = LLM hidden, S = squeeze width):
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import flax.linen as nn
 import jax
@@ -63,17 +62,20 @@ def _shifted_sum(padded: jax.Array, kernel: jax.Array, stride: int, rows: int, c
                for i in range(3) for j in range(3))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+def depthwise_conv3x3_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """3x3 depthwise convolution, padding 1. x: [batch, H, W, C]; kernel: [3, 3, C] ->
-    [batch, (H - 1) // stride + 1, (W - 1) // stride + 1, C] in x's dtype."""
+    [batch, (H - 1) // stride + 1, (W - 1) // stride + 1, C] in x's dtype. Called directly, JAX's autodiff
+    differentiates it; the model calls depthwise_conv3x3, the same forward with the backward below."""
     rows, cols = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     return _shifted_sum(padded, kernel, stride, rows, cols).astype(x.dtype)
 
 
+depthwise_conv3x3 = jax.custom_vjp(depthwise_conv3x3_forward, nondiff_argnums=(2,))
+
+
 def _depthwise_fwd(x, kernel, stride):
-    return depthwise_conv3x3(x, kernel, stride), (x, kernel)
+    return depthwise_conv3x3_forward(x, kernel, stride), (x, kernel)
 
 
 def _depthwise_bwd(stride, residuals, grad):
