@@ -188,10 +188,14 @@ class Generator:
 
     max_len: cache slots per row (prompt with image slots widened + new tokens - 1 must fit); default
     the LLM's max_position_embeddings. eos_ids / pad_id default to the LLM config's ids.
+    devices: data parallelism: the parameters are replicated on these devices and each batch's rows are
+    split over them (a batch is padded with copies of its last prompt to a multiple of their number; the
+    copies' outputs are dropped). Default: the first device only.
     """
 
     def __init__(self, config: LlamaConfig | VLMConfig, params: Any, max_len: int | None = None,
-                 eos_ids: int | Sequence[int] | None = None, pad_id: int | None = None):
+                 eos_ids: int | Sequence[int] | None = None, pad_id: int | None = None,
+                 devices: Sequence[jax.Device] | None = None):
         if not isinstance(config, (LlamaConfig, VLMConfig)):
             raise TypeError(f"generation needs an LLM or VLM checkpoint, not {type(config).__name__}")
         self.config = config
@@ -201,7 +205,10 @@ class Generator:
         if len(self.eos_ids) > MAX_EOS_IDS:
             raise ValueError(f"at most {MAX_EOS_IDS} EOS ids, got {len(self.eos_ids)}")
         self.pad_id = int(pad_id if pad_id is not None else (self.llm_config.pad_token_id or 0))
-        self.params = jax.device_put(params)
+        self.devices = list(devices or jax.local_devices()[:1])
+        mesh = jax.sharding.Mesh(np.asarray(self.devices), ("data",))
+        self.row_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self.params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         self.static = Static.of(config, self.max_len)
 
     @classmethod
@@ -278,26 +285,29 @@ class Generator:
 
     def prefill(self, requests: Sequence[Request], sampling: SamplingConfig) -> DecodeState:
         """Run the prompts; the returned state holds the cache and each row's first generated token."""
+        requests = list(requests)
+        requests += requests[-1:] * (-len(requests) % len(self.devices))  # rows divide over the devices
         batch = self._batch(requests, sampling.max_new_tokens)
-        return prefill_fn(self.static, self.params, batch["tokens"], batch["valid"], batch["images"],
-                          batch["image_slots"], jax.random.key(sampling.seed), self.knobs(sampling))
+        rows = {k: None if v is None else jax.device_put(v, self.row_sharding) for k, v in batch.items()}
+        return prefill_fn(self.static, self.params, rows["tokens"], rows["valid"], rows["images"],
+                          rows["image_slots"], jax.random.key(sampling.seed), self.knobs(sampling))
 
     def generate(self, requests: Sequence[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Completion]:
         """Complete every prompt; the whole decode loop is one jitted while_loop."""
         state = self.prefill(requests, sampling)
         state = decode_fn(self.static, self.params, state, jnp.int32(sampling.max_new_tokens), self.knobs(sampling))
-        return self.completions(np.asarray(state.tokens), int(state.step))
+        return self.completions(np.asarray(state.tokens), int(state.step))[:len(requests)]
 
     def stream(self, requests: Sequence[Request], sampling: SamplingConfig = SamplingConfig()) -> Iterator[np.ndarray]:
         """Yield each step's tokens, [batch] int32 (pad_id for rows already stopped), one jitted step at a time."""
-        state = self.prefill(requests, sampling)
-        yield np.asarray(state.last)
+        state, rows = self.prefill(requests, sampling), len(requests)
+        yield np.asarray(state.last)[:rows]
         knobs = self.knobs(sampling)
         for _ in range(sampling.max_new_tokens - 1):
             if bool(np.all(np.asarray(state.done))):
                 return
             state = step_fn(self.static, self.params, state, knobs)
-            yield np.asarray(state.last)
+            yield np.asarray(state.last)[:rows]
 
     def completions(self, tokens: np.ndarray, steps: int) -> list[Completion]:
         """Cut each row of generated tokens [batch, >= steps] at its first EOS."""

@@ -1,0 +1,156 @@
+"""`mvlm eval vlm` end to end on a tiny VLM: answer records in the official format and order, the two
+baselines, scores and report, resume after an interruption, processes and devices that split the work
+without changing the answers, llama.cpp (GGUF) answering the same as JAX, and the errors a user meets."""
+import json
+import shutil
+
+import jax
+import pytest
+
+import gguf_helpers
+from data_pipelines.embedded.generate import generate
+from mvlm_jax.eval import cli as eval_cli, records, runner
+from mvlm_jax.eval.answerers import JaxAnswerer
+from mvlm_jax.eval.demo_world import questions as world_questions
+
+OFFICIAL_KEYS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A random MobileVLM at llama.cpp's 24x24 grid (336 / 14, no class token), with its tokenizer."""
+    root = tmp_path_factory.mktemp("eval_ckpt")
+    path, _ = gguf_helpers.checkpoint(root / "ckpt", gguf_helpers.vlm_config("ldp", class_token=False), seed=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmark_data")
+    generate(root / "world", size="tiny", image_size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def world_run(ckpt, data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_out")
+    code = eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(data_root),
+                              "--out", str(out), "--limit", "5", "--batch-size", "2", "--devices", "1"])
+    assert code == 0
+    return out
+
+
+def test_records_order_baselines_scores_and_report(world_run, ckpt, data_root, capsys):
+    answers = records.read_records(world_run / "demo_world" / "answers.jsonl")
+    expected = world_questions(data_root)[:5]
+    assert [a["question_id"] for a in answers] == [q.question_id for q in expected]
+    assert all(OFFICIAL_KEYS <= set(a) and a["prompt"] == q.prompt for a, q in zip(answers, expected))
+    # batching does not change an answer: each question alone at batch 1 gives the same tokens
+    alone = JaxAnswerer(ckpt, batch_size=1).answer(expected, 16, blind=False)
+    assert [a["metadata"]["ids"] for a in answers] == [list(x.ids) for x in alone]
+    assert [a["text"] for a in answers] == [x.text for x in alone]
+    blind = records.read_records(world_run / "demo_world" / "answers_blind.jsonl")
+    assert len(blind) == 5 and [b["question_id"] for b in blind] == [a["question_id"] for a in answers]
+    majority = records.read_records(world_run / "demo_world" / "answers_most_frequent.jsonl")
+    scores = json.loads((world_run / "demo_world" / "scores.json").read_text())
+    assert set(scores) == {"model", "blind", "most_frequent"}
+    # the scores are the scorer's on the written answers, e.g. the baseline's from its own file
+    by_hand = sum(m["text"] == a for m, a in zip(majority, [_gold(data_root, q.question_id) for q in expected]))
+    assert scores["most_frequent"]["accuracy"] == pytest.approx(100 * by_hand / 5)
+    report = (world_run / "report.md").read_text()
+    assert "| model |" in report and "| blind (image withheld) |" in report and "| most frequent answer |" in report
+    # `mvlm eval score` on the same file gives the same numbers
+    assert eval_cli.score_main(["--benchmark", "demo_world", "--answers", str(world_run / "demo_world" / "answers.jsonl"),
+                                "--data-root", str(data_root), "--limit", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == scores["model"]["accuracy"]
+
+
+def _gold(data_root, question_id):
+    items = json.loads((data_root / "world" / "eval_test.json").read_text())
+    return next(i["answer"] for i in items if i["id"] == question_id).strip().rstrip(".").lower()
+
+
+class CountingAnswerer:
+    def __init__(self, inner):
+        self.inner, self.model_id, self.asked = inner, inner.model_id, 0
+
+    def answer(self, questions, max_new_tokens, blind):
+        self.asked += len(questions)
+        return self.inner.answer(questions, max_new_tokens, blind)
+
+
+def test_a_rerun_continues_after_the_last_written_answer(world_run, ckpt, data_root, tmp_path):
+    complete = (world_run / "demo_world" / "answers.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(complete[:2]) + complete[2][:25])  # two answers and a torn third line
+    answerer = CountingAnswerer(JaxAnswerer(ckpt, batch_size=2))
+    done = runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16, chunk=2)
+    assert done == answerer.asked == 3
+    assert path.read_text() == "".join(complete)
+    # answers of another model are never continued
+    path.write_text(complete[0].replace(answerer.model_id, "another-model"))
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: .*'another-model'"):
+        runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16)
+
+
+def test_processes_and_devices_split_the_work_without_changing_answers(world_run, ckpt, data_root, tmp_path,
+                                                                       monkeypatch):
+    from jax.experimental import multihost_utils
+
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: None)
+    # two "processes", run one after the other here; each answers its contiguous slice, process 0 merges
+    answerer = JaxAnswerer(ckpt, batch_size=2, devices=jax.devices()[:2])  # rows split over 2 devices
+    for index in (1, 0):
+        runner.answer_benchmark("demo_world", data_root, tmp_path, answerer, limit=5, process_index=index,
+                                process_count=2)
+    merged = (tmp_path / "demo_world" / "answers.jsonl").read_text()
+    assert merged == (world_run / "demo_world" / "answers.jsonl").read_text()
+    assert not list((tmp_path / "demo_world").glob("*.part-*"))
+    assert [len(runner.split_list(list(range(7)), i, 3)) for i in range(3)] == [3, 2, 2]
+
+
+def test_gguf_files_answer_as_the_checkpoint(world_run, ckpt, data_root, tmp_path):
+    from mvlm_jax.export.gguf_file import export_gguf
+
+    llm, mmproj = export_gguf(ckpt, tmp_path / "gguf", "f32")
+    out = tmp_path / "out"
+    shutil.copytree(world_run, out)
+    assert eval_cli.vlm_main(["--gguf", str(llm), "--mmproj", str(mmproj), "--benchmark", "demo_world",
+                              "--data-root", str(data_root), "--out", str(out), "--limit", "5"]) == 0
+    jax_answers = records.read_records(out / "demo_world" / "answers.jsonl")
+    gguf_answers = records.read_records(out / "demo_world" / f"answers_gguf-{llm.stem}.jsonl")
+    assert [a["metadata"]["ids"] for a in gguf_answers] == [a["metadata"]["ids"] for a in jax_answers]
+    assert [a["text"] for a in gguf_answers] == [a["text"] for a in jax_answers]
+    scores = json.loads((out / "demo_world" / "scores.json").read_text())
+    assert set(scores) == {"model", "blind", "most_frequent", f"gguf-{llm.stem}"}  # side by side
+    assert f"| gguf-{llm.stem} |" in (out / "report.md").read_text()
+
+
+def test_missing_images_are_counted_and_listed(ckpt, data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    first = world_questions(root)[0]
+    first.image_path.unlink()
+    out = tmp_path / "out"
+    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(root), "--out",
+                              str(out), "--limit", "2", "--no-blind", "--devices", "1"]) == 0
+    answers = records.read_records(out / "demo_world" / "answers.jsonl")
+    assert answers[0]["text"] == "" and answers[0]["metadata"] == {"image_missing": str(first.image_path)}
+    assert json.loads((out / "demo_world" / "scores.json").read_text())["model"]["missing_images"] == 1
+    assert str(first.image_path) in (out / "report.md").read_text()
+
+
+def test_errors_name_the_problem(ckpt, data_root, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(empty),
+                              "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert str(empty / "world" / "eval_test.json") in err and "held-out questions" in err
+    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "vqav2", "--data-root", str(data_root),
+                              "--out", str(tmp_path / "o")]) == 1
+    assert "unknown benchmark 'vqav2'" in capsys.readouterr().err
+    llm_only, _ = gguf_helpers.checkpoint(tmp_path / "llm", gguf_helpers.llm_config())
+    assert eval_cli.vlm_main(["--ckpt", str(llm_only), "--benchmark", "demo_world", "--data-root", str(data_root),
+                              "--out", str(tmp_path / "o")]) == 1
+    assert "text-only LLM checkpoint" in capsys.readouterr().err
