@@ -17,7 +17,7 @@ TYPE    ?= q4_k_s
 install:
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet -e '.[test]'
+	.venv/bin/pip install --quiet -e '.[test,eval]'
 
 test:
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
@@ -29,6 +29,7 @@ bench:
 	$(PY) -m bench.projector_backward
 	$(PY) -m bench.generate_throughput
 	$(PY) -m bench.edge_latency
+	$(PY) -m bench.eval_throughput
 
 pretrain:
 	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)

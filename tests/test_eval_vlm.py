@@ -7,9 +7,11 @@ import shutil
 import jax
 import pytest
 
+import benchmark_fixtures_a
+import benchmark_fixtures_b
 import gguf_helpers
 from data_pipelines.embedded.generate import generate
-from mvlm_jax.eval import cli as eval_cli, records, runner
+from mvlm_jax.eval import benchmark, cli as eval_cli, records, runner
 from mvlm_jax.eval.answerers import JaxAnswerer
 from mvlm_jax.eval.demo_world import questions as world_questions
 
@@ -28,7 +30,18 @@ def ckpt(tmp_path_factory):
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark_data")
     generate(root / "world", size="tiny", image_size=64)
+    for module in (benchmark_fixtures_a, benchmark_fixtures_b):
+        for name in benchmark.PAPER_BENCHMARKS:
+            if hasattr(module, f"write_{name}"):
+                getattr(module, f"write_{name}")(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def gguf_files(ckpt, tmp_path_factory):
+    from mvlm_jax.export.gguf_file import export_gguf
+
+    return export_gguf(ckpt, tmp_path_factory.mktemp("gguf"), "f32")
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +122,8 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
     assert [len(runner.split_list(list(range(7)), i, 3)) for i in range(3)] == [3, 2, 2]
 
 
-def test_gguf_files_answer_as_the_checkpoint(world_run, ckpt, data_root, tmp_path):
-    from mvlm_jax.export.gguf_file import export_gguf
-
-    llm, mmproj = export_gguf(ckpt, tmp_path / "gguf", "f32")
+def test_gguf_files_answer_as_the_checkpoint(world_run, gguf_files, data_root, tmp_path):
+    llm, mmproj = gguf_files
     out = tmp_path / "out"
     shutil.copytree(world_run, out)
     assert eval_cli.vlm_main(["--gguf", str(llm), "--mmproj", str(mmproj), "--benchmark", "demo_world",
@@ -135,7 +146,7 @@ def test_missing_images_are_counted_and_listed(ckpt, data_root, tmp_path):
     assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(root), "--out",
                               str(out), "--limit", "2", "--no-blind", "--devices", "1"]) == 0
     answers = records.read_records(out / "demo_world" / "answers.jsonl")
-    assert answers[0]["text"] == "" and answers[0]["metadata"] == {"image_missing": str(first.image_path)}
+    assert answers[0]["text"] == "" and answers[0]["metadata"]["image_missing"] == str(first.image_path)
     assert json.loads((out / "demo_world" / "scores.json").read_text())["model"]["missing_images"] == 1
     assert str(first.image_path) in (out / "report.md").read_text()
 
@@ -154,3 +165,30 @@ def test_errors_name_the_problem(ckpt, data_root, tmp_path, capsys):
     assert eval_cli.vlm_main(["--ckpt", str(llm_only), "--benchmark", "demo_world", "--data-root", str(data_root),
                               "--out", str(tmp_path / "o")]) == 1
     assert "text-only LLM checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", benchmark.PAPER_BENCHMARKS)
+def test_each_paper_benchmark_from_question_files_to_scores(name, ckpt, data_root, gguf_files, tmp_path):
+    """Every question answered once, in the question file's order, in the official record format; scored;
+    the report puts the paper's Table 4 beside it. SQA (no pad to square, questions without image) and
+    MMBench (base64 images) also run through llama.cpp, token for token as JAX. Answers are cut at 24
+    tokens: a random model never stops, and over the official 1024 a near-tie of its flat logits flips
+    sooner or later between two float32 runtimes."""
+    module = benchmark.module(name)
+    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", name, "--data-root", str(data_root), "--out",
+                              str(tmp_path), "--batch-size", "4", "--devices", "1", "--no-blind",
+                              "--max-new-tokens", "24"]) == 0
+    answers = records.read_records(tmp_path / name / "answers.jsonl")
+    questions = module.questions(data_root)
+    assert [(str(a["question_id"]), a["prompt"]) for a in answers] == [q.key for q in questions]
+    assert all(OFFICIAL_KEYS | set(q.record_extra) <= set(a) for a, q in zip(answers, questions))
+    scores = json.loads((tmp_path / name / "scores.json").read_text())
+    assert all(key in scores["model"] for key in module.SCORE_KEYS)
+    report = (tmp_path / "report.md").read_text()
+    assert "MobileVLM 1.7B (paper)" in report and f"(max_new_tokens 24, not the official {module.MAX_NEW_TOKENS})" in report
+    if name in ("sqa", "mmbench"):
+        llm, mmproj = gguf_files
+        assert eval_cli.vlm_main(["--gguf", str(llm), "--mmproj", str(mmproj), "--benchmark", name,
+                                  "--data-root", str(data_root), "--out", str(tmp_path), "--max-new-tokens", "24"]) == 0
+        theirs = records.read_records(tmp_path / name / f"answers_gguf-{llm.stem}.jsonl")
+        assert [a["metadata"]["ids"] for a in theirs] == [a["metadata"]["ids"] for a in answers]

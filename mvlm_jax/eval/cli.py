@@ -31,6 +31,8 @@ def _vlm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory (OUT/<benchmark>/answers*.jsonl, "
                         "scores.json, OUT/report.md)")
     parser.add_argument("--limit", type=int, help="only the first N questions of each benchmark")
+    parser.add_argument("--max-new-tokens", type=int, help="override the official max_new_tokens of every "
+                        "benchmark (quick runs; the records and the report say so)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per JAX batch")
     parser.add_argument("--devices", type=int, help="split each batch's rows over the first N local devices "
                         "(default: all of them)")
@@ -78,12 +80,13 @@ def _run_vlm(args: argparse.Namespace) -> int:
     if args.gguf:
         from mvlm_jax.eval.answerers import LlamaCppAnswerer
 
-        longest = max(benchmark.module(name).MAX_NEW_TOKENS for name in names)
+        longest = args.max_new_tokens or max(benchmark.module(name).MAX_NEW_TOKENS for name in names)
         gguf_answerer = LlamaCppAnswerer(args.gguf, args.mmproj, max_new_tokens=longest)
     try:
         all_scores = {}
         for name in names:
-            common = dict(limit=args.limit, process_index=index, process_count=count)
+            common = dict(limit=args.limit, process_index=index, process_count=count,
+                          max_new_tokens=args.max_new_tokens)
             if jax_answerer is not None:
                 runner.answer_benchmark(name, data_root, out, jax_answerer, runner.MODEL_RUN, **common)
                 if not args.no_blind:

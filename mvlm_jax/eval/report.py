@@ -35,9 +35,11 @@ def score_run(name: str, answers: Path, data_root: Path, limit: int | None = Non
     records = records_io.read_records(answers)
     limit = len(records) if limit is None or len(records) < limit else limit
     scores = benchmark.module(name).score(records, Path(data_root), limit=limit)
-    missing = [r["metadata"]["image_missing"] for r in records
-               if isinstance(r.get("metadata"), dict) and "image_missing" in r["metadata"]]
-    return {**scores, "missing_images": len(missing), "missing_image_files": missing[:SHOWN_MISSING]}
+    metadata = [r["metadata"] for r in records if isinstance(r.get("metadata"), dict)]
+    missing = [m["image_missing"] for m in metadata if "image_missing" in m]
+    tokens = sorted({m["max_new_tokens"] for m in metadata if "max_new_tokens" in m})
+    return {**scores, "missing_images": len(missing), "missing_image_files": missing[:SHOWN_MISSING],
+            "max_new_tokens": tokens[0] if len(tokens) == 1 else tokens or None}
 
 
 def score_benchmark(name: str, data_root: Path, out: Path, limit: int | None = None) -> dict[str, dict]:
@@ -83,8 +85,12 @@ def benchmark_table(name: str, scores: dict[str, dict]) -> list[str]:
     keys = list(benchmark.module(name).SCORE_KEYS)
     lines = [f"### {name}", "", "| run | questions | " + " | ".join(keys) + " | answers missing | images missing |",
              "|---" * (len(keys) + 4) + "|"]
+    official = benchmark.module(name).MAX_NEW_TOKENS
     for run, values in scores.items():
-        lines.append(f"| {RUN_LABELS.get(run, run)} | {values.get('questions', '-')} | "
+        label = RUN_LABELS.get(run, run)
+        if values.get("max_new_tokens") not in (None, official):
+            label += f" (max_new_tokens {values['max_new_tokens']}, not the official {official})"
+        lines.append(f"| {label} | {values.get('questions', '-')} | "
                      + " | ".join(_cell(_value(values, k)) for k in keys)
                      + f" | {values.get('missing', 0)} | {values.get('missing_images', 0)} |")
     missing = {f for values in scores.values() for f in values.get("missing_image_files", [])}

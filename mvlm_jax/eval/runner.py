@@ -34,8 +34,6 @@ def gguf_run(gguf: str | Path) -> str:
     return f"gguf-{Path(gguf).stem}"
 
 
-def _text_and_ids(answer) -> tuple[str, dict]:
-    return answer.text, {"ids": [int(i) for i in answer.ids]}
 
 
 def record(question: Question, text: str, metadata: dict | None, model_id: str) -> dict:
@@ -53,7 +51,7 @@ def split_list(questions: Sequence[Question], process_index: int, process_count:
     return list(questions[start:start + size + (process_index < extra)])
 
 
-def _resume(path: Path, questions: Sequence[Question], model_id: str) -> int:
+def _resume(path: Path, questions: Sequence[Question], model_id: str, max_new_tokens: int) -> int:
     """How many of `questions` the file already answers, checked record by record."""
     records_io.complete_lines(path)
     done = records_io.read_records(path) if path.is_file() else []
@@ -65,6 +63,10 @@ def _resume(path: Path, questions: Sequence[Question], model_id: str) -> int:
             raise ValueError(f"{path}:{index + 1}: the answer of question {old['question_id']!r} by "
                              f"{old.get('model_id')!r} does not continue this run (question "
                              f"{question.question_id!r} by {model_id!r}); use another --out or remove the file")
+        used = (old.get("metadata") or {}).get("max_new_tokens", max_new_tokens)
+        if used != max_new_tokens:
+            raise ValueError(f"{path}:{index + 1}: answered with max_new_tokens {used}, this run uses "
+                             f"{max_new_tokens}; use another --out or remove the file")
     return len(done)
 
 
@@ -82,16 +84,23 @@ def answer_questions(path: Path, questions: Sequence[Question], answerer: Answer
     metadata.image_missing (scored as the official scorer scores an empty answer; listed in the report).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    start = _resume(path, questions, answerer.model_id)
+    start = _resume(path, questions, answerer.model_id, max_new_tokens)
     bar = tqdm(total=len(questions), initial=start, desc=desc, disable=None)
     for first in range(start, len(questions), chunk):
         batch = questions[first:first + chunk]
         missing = [None if blind else _missing_image(q) for q in batch]
         present = [q for q, m in zip(batch, missing) if m is None]
         answers = iter(answerer.answer(present, max_new_tokens, blind) if present else [])
-        records_io.append_records(path, [
-            record(q, *_text_and_ids(next(answers)), answerer.model_id) if m is None
-            else record(q, "", {"image_missing": m}, answerer.model_id) for q, m in zip(batch, missing)])
+        rows = []
+        for question, image_missing in zip(batch, missing):
+            if image_missing is None:
+                answer = next(answers)
+                metadata = {"ids": [int(i) for i in answer.ids], "max_new_tokens": max_new_tokens}
+                rows.append(record(question, answer.text, metadata, answerer.model_id))
+            else:
+                rows.append(record(question, "", {"image_missing": image_missing, "max_new_tokens": max_new_tokens},
+                                   answerer.model_id))
+        records_io.append_records(path, rows)
         bar.update(len(batch))
     bar.close()
     return len(questions) - start
@@ -108,8 +117,9 @@ def _merge_parts(parts: Sequence[Path], final: Path) -> None:
 
 def answer_benchmark(name: str, data_root: Path, out: Path, answerer: Answerer, run: str = MODEL_RUN,
                      blind: bool = False, limit: int | None = None, chunk: int = 64,
-                     process_index: int = 0, process_count: int = 1) -> Path:
+                     process_index: int = 0, process_count: int = 1, max_new_tokens: int | None = None) -> Path:
     """Answer benchmark `name` (the first `limit` questions) into OUT/<name>/<run file>; returns its path.
+    `max_new_tokens` overrides the official setting (quick runs; every record and the report say so).
 
     With process_count > 1 every process calls this with its own index; all must reach the end (a
     barrier), then process 0 concatenates the part files in order.
@@ -117,20 +127,20 @@ def answer_benchmark(name: str, data_root: Path, out: Path, answerer: Answerer, 
     module = benchmark.module(name)
     benchmark.check_files(name, data_root)
     questions = module.questions(Path(data_root))[:limit]
+    tokens = max_new_tokens or module.MAX_NEW_TOKENS
     final = answers_path(out, name, run)
     if final.is_file():  # a finished run: check it belongs to this model and these questions, then reuse
-        _resume(final, questions, answerer.model_id)
+        _resume(final, questions, answerer.model_id, tokens)
         if len(records_io.read_records(final)) == len(questions):
             return final
         if process_count > 1:
             raise ValueError(f"{final} is incomplete; a multi-process run continues from part files only: "
                              f"re-run it with one process, or remove the file")
     if process_count == 1:
-        answer_questions(final, questions, answerer, module.MAX_NEW_TOKENS, blind, chunk, desc=f"{name} {run}")
+        answer_questions(final, questions, answerer, tokens, blind, chunk, desc=f"{name} {run}")
         return final
     part = final.with_name(f"{final.name}.part-{process_index:05d}-of-{process_count:05d}")
-    answer_questions(part, split_list(questions, process_index, process_count), answerer, module.MAX_NEW_TOKENS,
-                     blind, chunk, desc=f"{name} {run} [{process_index}]")
+    answer_questions(part, split_list(questions, process_index, process_count), answerer, tokens, blind, chunk, desc=f"{name} {run} [{process_index}]")
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(f"mvlm eval {name} {run}")
