@@ -1,10 +1,13 @@
-"""Appending benchmark results to docs/PERFORMANCE.md with date, machine and command."""
+"""Benchmark results in docs/PERFORMANCE.md: the current figure of each benchmark, with date, machine and command."""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import re
 from pathlib import Path
+
+from mvlm_jax.atomic import atomic_file
 
 
 def cpu_model() -> str:
@@ -29,15 +32,26 @@ def machine_description() -> str:
 
 
 def append_result(report: Path, title: str, command: str, lines: list[str], note: str = "") -> None:
-    """Add one dated section to `report` (created with a header when missing)."""
+    """Write one dated section to `report` (created with a header when missing): it replaces the section
+    of the same title and command, so the file holds the current figure of each benchmark configuration,
+    not a history."""
     if not report.exists():
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text("# Performance\n\nEvery number here comes from a script in `bench/` (`make bench`); "
                           "each section says when, where and how it was measured.\n")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = [f"\n## {title}\n", f"- Date: {stamp}", f"- Machine: {machine_description()}",
-               f"- Command: `{command}`"]
+    section = [f"## {title}\n", f"- Date: {stamp}", f"- Machine: {machine_description()}", f"- Command: `{command}`"]
     if note:
         section.append(f"- {note}")
-    with report.open("a") as handle:
-        handle.write("\n".join(section + [""] + lines) + "\n")
+    new = "\n".join(section + [""] + lines)
+    # the header, then "## " sections; the first one of this title and command is replaced, later ones dropped
+    parts = [part.strip("\n") for part in re.split(r"(?m)^(?=## )", report.read_text())]
+    head, sections = parts[0], parts[1:]
+    same = [i for i, text in enumerate(sections)
+            if text.splitlines()[0].strip() == f"## {title}" and f"- Command: `{command}`" in text.splitlines()]
+    if same:
+        sections = [new if i == same[0] else text for i, text in enumerate(sections) if i == same[0] or i not in same]
+    else:
+        sections.append(new)
+    with atomic_file(report, force=True) as partial:
+        partial.write_text("\n\n".join([head] + sections) + "\n")

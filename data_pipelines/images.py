@@ -105,8 +105,8 @@ def normalize(array: np.ndarray) -> np.ndarray:
     return (scaled - _MEAN32) / _STD32
 
 
-def preprocess(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
-    """PIL image (any mode, any resolution) -> float32 [size, size, 3] HWC, CLIP-normalised.
+def square_pixels(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
+    """The geometric part of the preprocessing: PIL image (any mode, any resolution) -> uint8 [size, size, 3].
 
     pad=True: MobileVLM `image_aspect_ratio = pad` (stage 2, released models). pad=False: plain
     processor (stage-1 pretraining, ScienceQA eval), which crops away the sides of non-square images.
@@ -121,8 +121,13 @@ def preprocess(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
     rgb = to_rgb(image)
     if pad:
         rgb = pad_to_square(rgb)
-    resized = np.asarray(resize_shortest_edge(rgb, size), dtype=np.uint8)
-    return normalize(center_crop(resized, size))
+    return center_crop(np.asarray(resize_shortest_edge(rgb, size), dtype=np.uint8), size)
+
+
+def preprocess(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
+    """PIL image (any mode, any resolution) -> float32 [size, size, 3] HWC, CLIP-normalised (see
+    square_pixels for `pad`)."""
+    return normalize(square_pixels(image, size, pad))
 
 
 def preprocess_file(path: str | os.PathLike, size: int, pad: bool = True) -> np.ndarray:

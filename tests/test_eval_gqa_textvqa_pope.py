@@ -56,7 +56,7 @@ def test_gqa_questions(root):
         assert image.format == "JPEG" and image.size == (40, 28)
     with Image.open(questions[1].image_path) as image:
         assert image.size == (24, 36)
-    benchmark.check_files("gqa", root)  # every required file and folder is there
+    benchmark.check_files(["gqa"], root)  # every required file and folder is there
 
 
 def test_textvqa_questions(root):
@@ -68,7 +68,7 @@ def test_textvqa_questions(root):
                                    "Answer the question using a single word or phrase.")
     assert questions[0].image_path == root / "textvqa" / "train_images" / "003a8ae2ef43b901.jpg"
     assert all(q.image_path.is_file() and q.pad and q.category == "default" for q in questions)
-    benchmark.check_files("textvqa", root)
+    benchmark.check_files(["textvqa"], root)
 
 
 def test_pope_questions(root):
@@ -79,7 +79,7 @@ def test_pope_questions(root):
     assert questions[9].text == "Is there a snowboard in the image?" + SUFFIX
     assert questions[0].image_path == root / "pope" / "val2014" / "COCO_val2014_000000310196.jpg"
     assert all(q.image_path.is_file() for q in questions)
-    benchmark.check_files("pope", root)
+    benchmark.check_files(["pope"], root)
 
 
 def test_malformed_question_line_names_file_and_line(tmp_path):
@@ -108,7 +108,7 @@ def test_missing_files_are_named(tmp_path):
     data_root = fresh(tmp_path, write_gqa)
     (data_root / "gqa" / "testdev_balanced_questions.json").unlink()
     with pytest.raises(BenchmarkFileError, match=r"testdev_balanced_questions\.json.*answer, isBalanced"):
-        benchmark.check_files("gqa", data_root)
+        benchmark.check_files(["gqa"], data_root)
     records = records_for(gqa.questions(data_root), ["no"] * 6)
     with pytest.raises(BenchmarkFileError, match=r"gqa/testdev_balanced_questions\.json: missing"):
         gqa.score(records, data_root)
@@ -117,7 +117,7 @@ def test_missing_files_are_named(tmp_path):
     write_pope(data_root)
     (data_root / "pope" / "coco" / "coco_pope_random.json").unlink()
     with pytest.raises(BenchmarkFileError, match=r"coco_pope_random\.json"):
-        benchmark.check_files("pope", data_root)
+        benchmark.check_files(["pope"], data_root)
 
 
 # ---------------------------------------------------------------------------------------------- GQA

@@ -35,10 +35,10 @@ def records_for(questions, answers: dict) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["sqa", "mme", "mmbench"])
 def test_files_present_and_missing(root, tmp_path, name):
-    benchmark.check_files(name, root)  # the fixture tree is complete
+    benchmark.check_files([name], root)  # the fixture tree is complete
     wanted = {"sqa": "llava_test_CQM-A.json", "mme": "llava_mme.jsonl", "mmbench": "mmbench_dev_en_20231003.tsv"}
     with pytest.raises(BenchmarkFileError, match=wanted[name]):
-        benchmark.check_files(name, tmp_path)
+        benchmark.check_files([name], tmp_path)
     with pytest.raises(BenchmarkFileError, match=re.escape(str(tmp_path))):
         benchmark.module(name).questions(tmp_path)
 

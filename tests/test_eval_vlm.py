@@ -71,7 +71,8 @@ def test_records_order_baselines_scores_and_report(world_run, ckpt, data_root, c
     by_hand = sum(m["text"] == a for m, a in zip(majority, [_gold(data_root, q.question_id) for q in expected]))
     assert scores["most_frequent"]["accuracy"] == pytest.approx(100 * by_hand / 5)
     report = (world_run / "report.md").read_text()
-    assert "| model |" in report and "| blind (image withheld) |" in report and "| most frequent answer |" in report
+    assert "| model: ckpt |" in report and "| blind (image withheld): ckpt |" in report
+    assert "| most frequent answer |" in report
     # `mvlm eval score` on the same file gives the same numbers
     assert eval_cli.score_main(["--benchmark", "demo_world", "--answers", str(world_run / "demo_world" / "answers.jsonl"),
                                 "--data-root", str(data_root), "--limit", "5"]) == 0
@@ -85,7 +86,8 @@ def _gold(data_root, question_id):
 
 class CountingAnswerer:
     def __init__(self, inner):
-        self.inner, self.model_id, self.asked = inner, inner.model_id, 0
+        self.inner, self.asked = inner, 0
+        self.model_id, self.fingerprint, self.batch_size = inner.model_id, inner.fingerprint, inner.batch_size
 
     def answer(self, questions, max_new_tokens, blind):
         self.asked += len(questions)
@@ -97,20 +99,52 @@ def test_a_rerun_continues_after_the_last_written_answer(world_run, ckpt, data_r
     path = tmp_path / "answers.jsonl"
     path.write_text("".join(complete[:2]) + complete[2][:25])  # two answers and a torn third line
     answerer = CountingAnswerer(JaxAnswerer(ckpt, batch_size=2))
-    done = runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16, chunk=2)
+    done = runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16)
     assert done == answerer.asked == 3
     assert path.read_text() == "".join(complete)
-    # answers of another model are never continued
+    # a file answering more questions than asked serves the first ones (another --limit): nothing to do
+    assert runner.answer_questions(path, world_questions(data_root)[:3], answerer, 16) == 0
+    # answers of another model, of other weights at the same path, or of another max_new_tokens never continue
     path.write_text(complete[0].replace(answerer.model_id, "another-model"))
     with pytest.raises(ValueError, match=r"answers.jsonl:1: .*'another-model'"):
         runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16)
+    record = json.loads(complete[0])
+    record["metadata"]["fingerprint"] = "0" * 16
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match="another version of"):
+        runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16)
+    path.write_text(complete[0])
+    with pytest.raises(ValueError, match="max_new_tokens 16, this run uses 8"):
+        runner.answer_questions(path, world_questions(data_root)[:5], answerer, 8)
+
+
+def test_a_later_limit_scores_the_first_questions_of_earlier_runs(world_run, ckpt, data_root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(world_run, out)
+    before = (out / "demo_world" / "answers.jsonl").read_text()
+    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(data_root),
+                              "--out", str(out), "--limit", "3", "--devices", "1"]) == 0
+    assert (out / "demo_world" / "answers.jsonl").read_text() == before  # nothing answered again
+    scores = json.loads((out / "demo_world" / "scores.json").read_text())
+    assert {run: s["questions"] for run, s in scores.items()} == {"model": 3, "blind": 3, "most_frequent": 3}
+
+
+def test_the_cache_grows_past_the_trained_context_as_the_official_generate(ckpt, data_root):
+    """Answers are not cut at max_position_embeddings (512 here): the cache is sized for prompt + answer."""
+    answerer = JaxAnswerer(ckpt, batch_size=1)
+    question = world_questions(data_root)[:1]
+    short = answerer.answer(question, 16, blind=False)[0]
+    long = answerer.answer(question, 520, blind=False)[0]
+    assert max(answerer.generators) >= 1024 > answerer.config.llm.max_position_embeddings
+    assert long.ids[:16] == short.ids and (len(long.ids) == 520 or long.ids[-1:] != [])
 
 
 def test_processes_and_devices_split_the_work_without_changing_answers(world_run, ckpt, data_root, tmp_path,
                                                                        monkeypatch):
+    import numpy as np
     from jax.experimental import multihost_utils
 
-    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: None)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.zeros(2, np.int32))
     # two "processes", run one after the other here; each answers its contiguous slice, process 0 merges
     answerer = JaxAnswerer(ckpt, batch_size=2, devices=jax.devices()[:2])  # rows split over 2 devices
     for index in (1, 0):
@@ -120,6 +154,16 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
     assert merged == (world_run / "demo_world" / "answers.jsonl").read_text()
     assert not list((tmp_path / "demo_world").glob("*.part-*"))
     assert [len(runner.split_list(list(range(7)), i, 3)) for i in range(3)] == [3, 2, 2]
+    # a failed process makes every process fail instead of waiting at the barrier
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.asarray([0, 1], np.int32))
+    with pytest.raises(RuntimeError, match=r"process\(es\) \[1\] failed"):
+        runner.answer_benchmark("demo_world", data_root, tmp_path / "again", answerer, limit=5, process_index=0,
+                                process_count=2)
+    # process 0 must see the other processes' parts: --out on a shared filesystem
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.zeros(2, np.int32))
+    with pytest.raises(FileNotFoundError, match="filesystem that every process shares"):
+        runner.answer_benchmark("demo_world", data_root, tmp_path / "unshared", answerer, limit=5,
+                                process_index=0, process_count=2)
 
 
 def test_gguf_files_answer_as_the_checkpoint(world_run, gguf_files, data_root, tmp_path):
@@ -134,7 +178,7 @@ def test_gguf_files_answer_as_the_checkpoint(world_run, gguf_files, data_root, t
     assert [a["text"] for a in gguf_answers] == [a["text"] for a in jax_answers]
     scores = json.loads((out / "demo_world" / "scores.json").read_text())
     assert set(scores) == {"model", "blind", "most_frequent", f"gguf-{llm.stem}"}  # side by side
-    assert f"| gguf-{llm.stem} |" in (out / "report.md").read_text()
+    assert f"| gguf-{llm.stem}: {llm.stem} |" in (out / "report.md").read_text()
 
 
 def test_missing_images_are_counted_and_listed(ckpt, data_root, tmp_path):
@@ -146,8 +190,9 @@ def test_missing_images_are_counted_and_listed(ckpt, data_root, tmp_path):
     assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", "demo_world", "--data-root", str(root), "--out",
                               str(out), "--limit", "2", "--no-blind", "--devices", "1"]) == 0
     answers = records.read_records(out / "demo_world" / "answers.jsonl")
-    assert answers[0]["text"] == "" and answers[0]["metadata"]["image_missing"] == str(first.image_path)
-    assert json.loads((out / "demo_world" / "scores.json").read_text())["model"]["missing_images"] == 1
+    assert answers[0]["text"] == "" and str(first.image_path) in answers[0]["metadata"]["image_error"]
+    assert answers[1]["text"] and "image_error" not in answers[1]["metadata"]
+    assert json.loads((out / "demo_world" / "scores.json").read_text())["model"]["image_errors"] == 1
     assert str(first.image_path) in (out / "report.md").read_text()
 
 
@@ -189,6 +234,7 @@ def test_each_paper_benchmark_from_question_files_to_scores(name, ckpt, data_roo
     if name in ("sqa", "mmbench"):
         llm, mmproj = gguf_files
         assert eval_cli.vlm_main(["--gguf", str(llm), "--mmproj", str(mmproj), "--benchmark", name,
-                                  "--data-root", str(data_root), "--out", str(tmp_path), "--max-new-tokens", "24"]) == 0
+                                  "--data-root", str(data_root), "--out", str(tmp_path), "--max-new-tokens", "24",
+                                  "--limit", "3"]) == 0  # SQA: one question without image, two with
         theirs = records.read_records(tmp_path / name / f"answers_gguf-{llm.stem}.jsonl")
-        assert [a["metadata"]["ids"] for a in theirs] == [a["metadata"]["ids"] for a in answers]
+        assert [a["metadata"]["ids"] for a in theirs] == [a["metadata"]["ids"] for a in answers[:3]]

@@ -211,3 +211,14 @@ def test_cli_errors_name_the_problem(checkpoint, capsys):
     assert f"{root / 'nope.png'}: image file not found" in capsys.readouterr().err
     assert generate_main(["--ckpt", ckpt, "--prompt", "the cat " * 20, "--max-new-tokens", "30", "--max-len", "64"]) == 1
     assert "cache positions (max_len)" in capsys.readouterr().err
+
+
+def test_rows_split_over_devices_give_the_same_tokens(llm):
+    """Data parallel generation: three rows padded to four over two devices, the padding row dropped."""
+    _, config, params, single = llm
+    split = Generator(config, params, eos_ids=(), devices=jax.devices()[:2])
+    requests = [Request(p) for p in PROMPTS]
+    assert [c.ids for c in split.generate(requests, GREEDY)] == [c.ids for c in single.generate(requests, GREEDY)]
+    steps = list(split.stream(requests, SamplingConfig(max_new_tokens=3)))
+    assert [s.shape for s in steps] == [(3,)] * 3
+    assert np.stack(steps, 1).tolist() == [c.ids[:3] for c in single.generate(requests, GREEDY)]

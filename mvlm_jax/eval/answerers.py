@@ -1,13 +1,17 @@
 """Who answers: a checkpoint through the JAX KV-cache engine, or GGUF files through llama.cpp.
 
-Both build the official prompt the same way: the vicuna_v1 template with the image first in the user turn
-("<image>\\n" + question text), the text split at "<image>" and each chunk tokenized on its own with BOS on
-the first chunk only (MobileVLM's tokenizer_image_token), greedy decoding up to the benchmark's
-max_new_tokens, stop at EOS, then the official clean-up: decode without special tokens, strip, drop a
-trailing "</s>", strip. `blind=True` withholds the image (the prompt has no "<image>"): the blind baseline.
+Both build the official prompt the same way: the vicuna_v1 template with "<image>\\n" put in front of the
+question text (the official generators prepend it to the raw text, without stripping it), the text split
+at "<image>" and each chunk tokenized on its own with BOS on the first chunk only (MobileVLM's
+tokenizer_image_token), greedy decoding up to the benchmark's max_new_tokens, stop at EOS, then the
+official clean-up: decode without special tokens, strip, drop a trailing "</s>", strip. `blind=True`
+withholds the image (the prompt has no "<image>"): the blind baseline. A question whose image is missing
+or unreadable gets an empty Answer with `image_error` set (counted and listed by the report).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -17,21 +21,20 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import images as clip_images
-from data_pipelines.templates import IMAGE_PLACEHOLDER, vicuna_v1_segments
+from data_pipelines.templates import IMAGE_PLACEHOLDER
 from mvlm_jax.eval.benchmark import Question
-
-
-class MissingImage(FileNotFoundError):
-    """A question's image file does not exist (counted and listed in the report, never dropped)."""
 
 
 class Answer(NamedTuple):
     text: str  # cleaned as the official generators do
     ids: list[int]  # the generated token ids, EOS excluded (records keep them: runs compare token for token)
+    image_error: str | None = None  # why the question's image could not be used (then text is "")
 
 
 class Answerer(Protocol):
-    model_id: str
+    model_id: str  # written into every record
+    fingerprint: str  # what identifies the weights: a resumed run must continue the same model
+    batch_size: int  # questions per call worth sending together
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         """One answer per question, in order."""
@@ -45,36 +48,66 @@ def clean_answer(text: str) -> str:
     return text.strip()
 
 
-def turns(question: Question) -> list[dict]:
-    return [{"from": "human", "value": question.text}]
+def turns(question: Question, blind: bool) -> list[dict]:
+    """The user turn: "<image>\\n" + the question text as the official generators build it."""
+    with_image = question.has_image and not blind
+    return [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question.text}" if with_image else question.text}]
 
 
 def open_image(question: Question) -> Image.Image:
-    """The question's image, decoded; MissingImage naming the file when it is not there."""
+    """The question's image, decoded; FileNotFoundError / ValueError naming the file or question."""
     if question.image_bytes is not None:
-        with Image.open(io.BytesIO(question.image_bytes)) as image:
-            image.load()
-            return image.copy()
+        try:
+            with Image.open(io.BytesIO(question.image_bytes)) as image:
+                image.load()
+                return image.copy()
+        except Exception as error:  # PIL raises several kinds for bad bytes
+            raise ValueError(f"question {question.question_id!r}: cannot decode its image "
+                             f"({type(error).__name__}: {error})") from error
     if question.image_path is None or not Path(question.image_path).is_file():
-        raise MissingImage(f"{question.image_path}: image of question {question.question_id!r} not found")
+        raise FileNotFoundError(f"{question.image_path}: image of question {question.question_id!r} not found")
     return clip_images.load_image(question.image_path, composite_alpha=False)
 
 
-def square_rgb(image: Image.Image, size: int, pad: bool) -> np.ndarray:
-    """The geometric part of the CLIP preprocessing: [size, size, 3] uint8 (pad to square when `pad`,
-    resize the shortest edge, centre crop). llama.cpp gets this, so its own resize is the identity."""
-    rgb = clip_images.to_rgb(image, composite_alpha=False)
-    if pad:
-        rgb = clip_images.pad_to_square(rgb)
-    return clip_images.center_crop(np.asarray(clip_images.resize_shortest_edge(rgb, size), np.uint8), size)
+def square_image(question: Question, size: int) -> np.ndarray | str:
+    """[size, size, 3] uint8 pixels of the question's image, or why they cannot be had."""
+    try:
+        return clip_images.square_pixels(open_image(question), size, question.pad)
+    except (OSError, ValueError) as error:
+        return str(error)
+
+
+def file_fingerprint(*paths: str | os.PathLike) -> str:
+    """Size and modification time of the files: a rewritten checkpoint or GGUF file changes it."""
+    stats = [(str(Path(p).name), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+    return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
+
+
+def with_dtype(config, dtype: str | None):
+    """The model config computing in `dtype` (the official evaluation runs float16), or unchanged."""
+    from mvlm_jax.models.layers import DTYPES
+
+    if dtype is None:
+        return config
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision, dtype=dtype),
+                               projector=dataclasses.replace(config.projector, dtype=dtype),
+                               llm=dataclasses.replace(config.llm, dtype=dtype))
+
+
+MIN_CACHE = 512  # the short-answer benchmarks' prompts + 128 tokens fit: one cache length for them
 
 
 class JaxAnswerer:
-    """A MobileVLM checkpoint through mvlm_jax.generate (batched, rows split over the local devices)."""
+    """A MobileVLM checkpoint through mvlm_jax.generate: batches of `batch_size` questions (the last one
+    padded, so one shape compiles), rows split over `devices`, a KV cache as long as the batch needs."""
 
-    def __init__(self, ckpt: str | os.PathLike, batch_size: int = 16, devices=None, tokenizer=None):
+    def __init__(self, ckpt: str | os.PathLike, batch_size: int = 16, devices=None, tokenizer=None,
+                 dtype: str | None = None):
+        import jax
+
         from mvlm_jax.checkpoint import load_model
-        from mvlm_jax.generate.engine import Generator
         from mvlm_jax.generate.prompts import find_tokenizer
         from mvlm_jax.models.config import VLMConfig
 
@@ -84,46 +117,60 @@ class JaxAnswerer:
                              f"MobileVLM checkpoint with a vision tower and a projector (the output of VLM training "
                              f"or `mvlm convert import` of a MobileVLM model)")
         self.tokenizer = find_tokenizer(ckpt, tokenizer)
-        self.config, self.params, self.devices = config, params, devices
-        self.generator = Generator(config, params, devices=devices)
+        self.config, self.devices = with_dtype(config, dtype), list(devices or jax.local_devices()[:1])
+        self.params = jax.device_put(params, jax.sharding.NamedSharding(
+            jax.sharding.Mesh(np.asarray(self.devices), ("data",)), jax.sharding.PartitionSpec()))
+        self.generators: dict = {}  # cache length -> Generator (compiled functions are shared by all)
         self.image_size = config.vision.image_size
-        count = len(self.generator.devices)
-        self.batch_size = -(-batch_size // count) * count  # whole rows per device
+        self.batch_size = -(-batch_size // len(self.devices)) * len(self.devices)  # whole rows per device
         self.model_id = Path(ckpt).absolute().name
         if self.model_id == "model":  # a training run's output: name it after the run
             self.model_id = Path(ckpt).absolute().parent.name
+        self.fingerprint = file_fingerprint(Path(ckpt) / "model_config.json") + f"-{self.config.llm.dtype}"
 
-    def _fit(self, positions: int) -> None:
-        """A cache of at least `positions` slots. As the official generate(), answers are not cut at the
-        trained context; cache lengths are powers of two, so few lengths are ever compiled."""
+    def generator(self, positions: int):
+        """A Generator whose cache holds `positions` slots, rounded up to a power of two of at least
+        MIN_CACHE (few lengths ever compile). As the official generate(), answers are not cut at the
+        trained context."""
         from mvlm_jax.generate.engine import Generator
 
-        if positions > self.generator.max_len:
-            self.generator = Generator(self.config, self.params, max_len=1 << (positions - 1).bit_length(),
-                                       devices=self.devices)
+        length = max(MIN_CACHE, 1 << max(positions - 1, 0).bit_length())
+        if length not in self.generators:
+            self.generators[length] = Generator(self.config, self.params, max_len=length, devices=self.devices)
+        return self.generators[length]
 
     def prompt_ids(self, question: Question, blind: bool) -> np.ndarray:
-        from data_pipelines.templates import tokenize
+        from data_pipelines.templates import generation_prompt
 
-        has_image = question.has_image and not blind
-        return tokenize(self.tokenizer, vicuna_v1_segments(turns(question), has_image, generation_prompt=True)).ids
+        return generation_prompt(self.tokenizer, turns(question, blind))
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         from mvlm_jax.generate.engine import Request
         from mvlm_jax.generate.sampling import SamplingConfig
 
-        out = []
+        out: list[Answer] = []
         for start in range(0, len(questions), self.batch_size):
             batch = questions[start:start + self.batch_size]
-            requests = []
-            for question in batch:
-                image = None
-                if question.has_image and not blind:
-                    image = clip_images.normalize(square_rgb(open_image(question), self.image_size, question.pad))
-                requests.append(Request(self.prompt_ids(question, blind), image))
-            self._fit(max(self.generator.prompt_length(r.ids) for r in requests) + max_new_tokens - 1)
-            for completion in self.generator.generate(requests, SamplingConfig(max_new_tokens=max_new_tokens)):
-                out.append(Answer(clean_answer(self.tokenizer.processor.decode(completion.ids)), completion.ids))
+            requests, answers = [], {}
+            for index, question in enumerate(batch):
+                with_image = question.has_image and not blind
+                pixels = square_image(question, self.image_size) if with_image else None
+                if isinstance(pixels, str):
+                    answers[index] = Answer("", [], pixels)
+                    continue
+                image = None if pixels is None else clip_images.normalize(pixels)
+                requests.append((index, Request(self.prompt_ids(question, blind), image)))
+            if requests:
+                padded = [r for _, r in requests] + [requests[-1][1]] * (self.batch_size - len(requests))
+                # image placeholders widen to the visual tokens (ids < 0 are the placeholder only)
+                longest = max(len(r.ids) + int(np.sum(np.asarray(r.ids) < 0)) * (self.config.num_visual_tokens - 1)
+                              for r in padded)
+                generator = self.generator(longest + max_new_tokens - 1)
+                completions = generator.generate(padded, SamplingConfig(max_new_tokens=max_new_tokens))
+                for (index, _), completion in zip(requests, completions):
+                    answers[index] = Answer(clean_answer(self.tokenizer.processor.decode(completion.ids)),
+                                            list(completion.ids))
+            out += [answers[i] for i in range(len(batch))]
         return out
 
 
@@ -131,42 +178,50 @@ class LlamaCppAnswerer:
     """Exported GGUF files (LLM + mmproj) in llama.cpp, one question at a time, tokenized by the GGUF's own
     vocabulary: what runs on the phone, measured with the same questions and prompts."""
 
+    batch_size = 1
+
     def __init__(self, gguf: str | os.PathLike, mmproj: str | os.PathLike, max_new_tokens: int = 1024,
                  n_threads: int | None = None):
         import gguf as gguf_reader
 
         from mvlm_jax.edge.llamacpp import LlamaCppModel
 
-        reader = gguf_reader.GGUFReader(str(mmproj))
-        field = reader.fields.get("clip.vision.image_size")
-        if field is None:
-            raise ValueError(f"{mmproj}: not an mmproj file (no clip.vision.image_size)")
-        self.image_size = int(field.parts[field.data[0]][0])
-        trained = int(gguf_reader.GGUFReader(str(gguf)).fields["llama.context_length"].parts[-1][0])
+        def field(path, key: str) -> int:
+            value = gguf_reader.GGUFReader(str(path)).fields.get(key)
+            if value is None:
+                raise ValueError(f"{path}: no {key} in this GGUF file (expected an LLM exported by `mvlm export` "
+                                 f"and its mmproj file)")
+            return int(value.parts[value.data[0]][0])
+
+        self.image_size = field(mmproj, "clip.vision.image_size")
         # room for the longest official answer after a full-length prompt (answers are not cut at the
         # trained context, as in the official generate())
-        self.runtime = LlamaCppModel(gguf, mmproj, n_ctx=trained + max_new_tokens, n_threads=n_threads)
+        n_ctx = field(gguf, "llama.context_length") + max_new_tokens
+        self.runtime = LlamaCppModel(gguf, mmproj, n_ctx=n_ctx, n_threads=n_threads)
         self.eos_id = self.runtime.llm.token_eos()
         self.model_id = Path(gguf).stem
+        self.fingerprint = file_fingerprint(gguf, mmproj)
 
-    def segments(self, question: Question, blind: bool) -> list:
-        has_image = question.has_image and not blind
-        text = "".join(s.text for s in vicuna_v1_segments(turns(question), has_image, generation_prompt=True))
+    def segments(self, question: Question, blind: bool, pixels: np.ndarray | None) -> list:
+        from mvlm_jax.generate.llamacpp_session import prompt_text
+
+        text = prompt_text(turns(question, blind), "vicuna_v1", has_image=False)
         before, marker, after = text.partition(IMAGE_PLACEHOLDER)
         if not marker:
             return [self.runtime.tokenize(text, add_bos=True)]
-        image = square_rgb(open_image(question), self.image_size, question.pad)
-        return [self.runtime.tokenize(before, add_bos=True), image, self.runtime.tokenize(after, add_bos=False)]
+        return [self.runtime.tokenize(before, add_bos=True), pixels, self.runtime.tokenize(after, add_bos=False)]
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         out = []
         for question in questions:
-            ids = self.runtime.greedy(self.segments(question, blind), max_new_tokens, eos_id=self.eos_id)
+            pixels = square_image(question, self.image_size) if question.has_image and not blind else None
+            if isinstance(pixels, str):
+                out.append(Answer("", [], pixels))
+                continue
+            ids = self.runtime.greedy(self.segments(question, blind, pixels), max_new_tokens, eos_id=self.eos_id)
             ids = [i for i in ids if i != self.eos_id]
             out.append(Answer(clean_answer(self.runtime.llm.detokenize(ids).decode("utf-8", errors="replace")), ids))
         return out
 
     def close(self) -> None:
         self.runtime.close()
-
-

@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 # The official vicuna_v1 runs: every benchmark in the paper's Table 4, in its column order.
 PAPER_BENCHMARKS = ("gqa", "sqa", "textvqa", "pope", "mme", "mmbench")
@@ -92,11 +92,11 @@ def parse_names(text: str) -> list[str]:
     return list(names)
 
 
-def check_files(name: str, data_root: Path) -> None:
-    """BenchmarkFileError for the first missing file of benchmark `name`, saying what belongs there."""
-    missing = [(path, what) for path, what in module(name).required_files(Path(data_root)).items()
-               if not Path(path).exists()]
+def check_files(names: Sequence[str], data_root: Path) -> None:
+    """BenchmarkFileError listing every missing file of the benchmarks `names`, with what belongs there."""
+    missing = [(name, path, what) for name in names
+               for path, what in module(name).required_files(Path(data_root)).items() if not Path(path).exists()]
     if missing:
-        lines = "\n".join(f"  {path}: {what}" for path, what in missing)
-        raise BenchmarkFileError(f"{name}: {len(missing)} file(s) missing under --data-root {data_root} "
+        lines = "\n".join(f"  {name}: {path}: {what}" for name, path, what in missing)
+        raise BenchmarkFileError(f"{len(missing)} benchmark file(s) missing under --data-root {data_root} "
                                  f"(MobileVLM's benchmark_data layout):\n{lines}")

@@ -36,6 +36,8 @@ def _vlm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="questions per JAX batch")
     parser.add_argument("--devices", type=int, help="split each batch's rows over the first N local devices "
                         "(default: all of them)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="compute dtype of the checkpoint (default: its own; the official runs use float16)")
     parser.add_argument("--tokenizer", help="SentencePiece model, when the checkpoint has none")
     parser.add_argument("--no-blind", action="store_true", help="skip the blind (image withheld) baseline")
     parser.add_argument("--distributed", action="store_true",
@@ -54,7 +56,7 @@ def vlm_main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _run_vlm(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -64,8 +66,7 @@ def _run_vlm(args: argparse.Namespace) -> int:
 
     names = benchmark.parse_names(args.benchmark)
     data_root, out = Path(args.data_root), Path(args.out)
-    for name in names:  # every missing file is reported before any model is loaded
-        benchmark.check_files(name, data_root)
+    benchmark.check_files(names, data_root)  # every missing file, before any model is loaded
     import jax
 
     if args.distributed:
@@ -75,15 +76,17 @@ def _run_vlm(args: argparse.Namespace) -> int:
     if args.ckpt:
         from mvlm_jax.eval.answerers import JaxAnswerer
 
-        jax_answerer = JaxAnswerer(args.ckpt, batch_size=args.batch_size, devices=jax.local_devices()[:args.devices],
-                                   tokenizer=args.tokenizer)
+        local = jax.local_devices()
+        if args.devices is not None and not 1 <= args.devices <= len(local):
+            raise ValueError(f"--devices {args.devices}: this process has {len(local)} local device(s)")
+        jax_answerer = JaxAnswerer(args.ckpt, batch_size=args.batch_size, devices=local[:args.devices],
+                                   tokenizer=args.tokenizer, dtype=args.dtype)
     if args.gguf:
         from mvlm_jax.eval.answerers import LlamaCppAnswerer
 
         longest = args.max_new_tokens or max(benchmark.module(name).MAX_NEW_TOKENS for name in names)
         gguf_answerer = LlamaCppAnswerer(args.gguf, args.mmproj, max_new_tokens=longest)
     try:
-        all_scores = {}
         for name in names:
             common = dict(limit=args.limit, process_index=index, process_count=count,
                           max_new_tokens=args.max_new_tokens)
@@ -96,12 +99,12 @@ def _run_vlm(args: argparse.Namespace) -> int:
                 runner.answer_benchmark(name, data_root, out, gguf_answerer, runner.gguf_run(args.gguf), **common)
             if index == 0:
                 runner.write_majority_answers(name, data_root, out, args.limit)
-                all_scores[name] = report.score_benchmark(name, data_root, out, args.limit)
+                report.score_benchmark(name, data_root, out, args.limit)
     finally:
         if gguf_answerer is not None:
             gguf_answerer.close()
     if index == 0:
-        print(report.write_report(out, names, all_scores))
+        print(report.write_report(out))
         print(f"\nwrote {out / 'report.md'} and {', '.join(str(out / n / 'scores.json') for n in names)}")
     return 0
 
@@ -119,11 +122,15 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         module = benchmark.module(args.benchmark)
+        answers = records.read_records(args.answers)
         for path, what in module.required_files(Path(args.data_root)).items():
             # scoring reads question and annotation files only (never the image folders, named without suffix)
             if Path(path).suffix and not Path(path).exists():
                 raise benchmark.BenchmarkFileError(f"{path} is missing: {what}")
-        scores = module.score(records.read_records(args.answers), Path(args.data_root), limit=args.limit)
+        try:
+            scores = module.score(answers, Path(args.data_root), limit=args.limit)
+        except benchmark.AnswerError as error:
+            raise benchmark.AnswerError(f"{args.answers}: {error}") from None
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

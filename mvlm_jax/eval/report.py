@@ -1,9 +1,11 @@
 """Scores of every run found under OUT, and the Markdown report with the paper's numbers beside ours.
 
 OUT/<benchmark>/scores.json: {run: scores} for the runs whose answers are there (model, blind,
-most_frequent, gguf-<file>), each as the benchmark's scorer returns them plus `missing_images`.
+most_frequent, gguf-<file>), each as the benchmark's scorer returns them plus `model_id`,
+`max_new_tokens` and the questions whose image could not be used (`image_errors`).
 OUT/report.md: the paper's Table 4 (and the README's numbers where they differ) beside our runs, then
 one table per benchmark with its headline keys per run, so the model always stands beside its baselines.
+It covers every benchmark scored in OUT, by this command or an earlier one.
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from typing import Sequence
 
 from mvlm_jax.atomic import atomic_file
 from mvlm_jax.eval import benchmark, paper, records as records_io
+from mvlm_jax.eval.benchmark import AnswerError
 from mvlm_jax.eval.runner import BLIND_RUN, MAJORITY_RUN, MODEL_RUN
 
 RUN_ORDER = (MODEL_RUN, BLIND_RUN, MAJORITY_RUN)
 RUN_LABELS = {MODEL_RUN: "model", BLIND_RUN: "blind (image withheld)", MAJORITY_RUN: "most frequent answer"}
-SHOWN_MISSING = 10
+SHOWN_ERRORS = 10
 
 
 def runs_in(directory: Path) -> dict[str, Path]:
@@ -30,15 +33,23 @@ def runs_in(directory: Path) -> dict[str, Path]:
 
 
 def score_run(name: str, answers: Path, data_root: Path, limit: int | None = None) -> dict:
-    """Scores of one run. The runner answers questions in order, so a run with fewer answers than `limit`
-    (a GGUF run over the first N, an unfinished one) is scored over the questions it covers."""
+    """Scores of one run over the first `limit` questions. The runner answers questions in order, so a run
+    with fewer answers (a GGUF run over the first N, an unfinished one) is scored over those it covers, and
+    one with more (an earlier run without --limit) over the first `limit`."""
+    module = benchmark.module(name)
     records = records_io.read_records(answers)
-    limit = len(records) if limit is None or len(records) < limit else limit
-    scores = benchmark.module(name).score(records, Path(data_root), limit=limit)
+    if limit is not None and len(records) > limit:
+        wanted = {q.key for q in module.questions(Path(data_root))[:limit]}
+        records = [r for r in records if (str(r["question_id"]), r["prompt"]) in wanted]
+    try:
+        scores = module.score(records, Path(data_root), limit=min(len(records), limit or len(records)))
+    except AnswerError as error:
+        raise AnswerError(f"{answers}: {error}") from None
     metadata = [r["metadata"] for r in records if isinstance(r.get("metadata"), dict)]
-    missing = [m["image_missing"] for m in metadata if "image_missing" in m]
+    errors = [m["image_error"] for m in metadata if "image_error" in m]
     tokens = sorted({m["max_new_tokens"] for m in metadata if "max_new_tokens" in m})
-    return {**scores, "missing_images": len(missing), "missing_image_files": missing[:SHOWN_MISSING],
+    return {**scores, "model_id": records[0]["model_id"] if records else None, "image_errors": len(errors),
+            "image_error_messages": errors[:SHOWN_ERRORS],
             "max_new_tokens": tokens[0] if len(tokens) == 1 else tokens or None}
 
 
@@ -48,6 +59,12 @@ def score_benchmark(name: str, data_root: Path, out: Path, limit: int | None = N
     with atomic_file(Path(out) / name / "scores.json", force=True) as partial:
         partial.write_text(json.dumps(scores, indent=1) + "\n")
     return scores
+
+
+def scored_benchmarks(out: Path) -> dict[str, dict[str, dict]]:
+    """Every OUT/<benchmark>/scores.json, in the report's benchmark order."""
+    return {name: json.loads((Path(out) / name / "scores.json").read_text()) for name in benchmark.BENCHMARKS
+            if (Path(out) / name / "scores.json").is_file()}
 
 
 def _value(scores: dict, key: str) -> float | None:
@@ -61,6 +78,12 @@ def _value(scores: dict, key: str) -> float | None:
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _label(run: str, model_ids: Sequence[str | None]) -> str:
+    ids = sorted({i for i in model_ids if i and i != MAJORITY_RUN})
+    label = RUN_LABELS.get(run, run)
+    return f"{label}: {', '.join(ids)}" + (" (different models!)" if len(ids) > 1 else "") if ids else label
 
 
 def table4(all_scores: dict[str, dict[str, dict]]) -> list[str]:
@@ -77,41 +100,42 @@ def table4(all_scores: dict[str, dict[str, dict]]) -> list[str]:
         for column in columns:
             name, key = paper.TABLE4_COLUMNS[column]
             cells.append(_cell(_value(all_scores.get(name, {}).get(run, {}), key)))
-        lines.append(f"| **ours: {RUN_LABELS.get(run, run)}** | " + " | ".join(cells) + " |")
+        label = _label(run, [scores.get(run, {}).get("model_id") for scores in all_scores.values()])
+        lines.append(f"| **ours, {label}** | " + " | ".join(cells) + " |")
     return lines
 
 
 def benchmark_table(name: str, scores: dict[str, dict]) -> list[str]:
     keys = list(benchmark.module(name).SCORE_KEYS)
-    lines = [f"### {name}", "", "| run | questions | " + " | ".join(keys) + " | answers missing | images missing |",
+    lines = [f"### {name}", "", "| run | questions | " + " | ".join(keys) + " | answers missing | images unusable |",
              "|---" * (len(keys) + 4) + "|"]
     official = benchmark.module(name).MAX_NEW_TOKENS
     for run, values in scores.items():
-        label = RUN_LABELS.get(run, run)
+        label = _label(run, [values.get("model_id")])
         if values.get("max_new_tokens") not in (None, official):
             label += f" (max_new_tokens {values['max_new_tokens']}, not the official {official})"
         lines.append(f"| {label} | {values.get('questions', '-')} | "
                      + " | ".join(_cell(_value(values, k)) for k in keys)
-                     + f" | {values.get('missing', 0)} | {values.get('missing_images', 0)} |")
-    missing = {f for values in scores.values() for f in values.get("missing_image_files", [])}
-    if missing:
-        lines += ["", f"Images not found (first {SHOWN_MISSING}; their questions got an empty answer): "
-                  + ", ".join(f"`{m}`" for m in sorted(missing))]
+                     + f" | {values.get('missing', 0)} | {values.get('image_errors', 0)} |")
+    errors = sorted({e for values in scores.values() for e in values.get("image_error_messages", [])})
+    if errors:
+        lines += ["", f"Images that could not be used (first {SHOWN_ERRORS} per run; their questions got an empty "
+                  "answer):", ""] + [f"- {e}" for e in errors]
     return lines + [""]
 
 
-def write_report(out: Path, names: Sequence[str], all_scores: dict[str, dict[str, dict]]) -> str:
-    """OUT/report.md; returns its text."""
+def write_report(out: Path) -> str:
+    """OUT/report.md from every benchmark scored in OUT; returns its text."""
+    all_scores = scored_benchmarks(out)
     lines = ["# Image benchmarks", "",
              "Percent, except MME (sums of per-subtask scores; perception max 2000). POPE: mean F1 of the "
              "three splits. Baselines: the same model with the image withheld, and (closed answer sets) the "
              "most frequent gold answer of each question type.", ""]
-    if set(names) & set(benchmark.PAPER_BENCHMARKS):
+    if set(all_scores) & set(benchmark.PAPER_BENCHMARKS):
         lines += ["## Beside the paper (MobileVLM, arXiv 2312.16886, Table 4)", ""] + table4(all_scores) + [""]
     lines += ["## Per benchmark", ""]
-    for name in names:
-        if all_scores.get(name):
-            lines += benchmark_table(name, all_scores[name])
+    for name, scores in all_scores.items():
+        lines += benchmark_table(name, scores)
     text = "\n".join(lines)
     with atomic_file(Path(out) / "report.md", force=True) as partial:
         partial.write_text(text)
