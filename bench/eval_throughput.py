@@ -67,9 +67,9 @@ def measure(name: str, root: Path, data_root: Path, tokenizer: Path, count: int,
     tokens = demo_world.MAX_NEW_TOKENS
     rows, seconds, ids = [], {}, {}
     seconds["jax, batch 1"], ids["jax, batch 1"] = timed(root / f"{name}-b1.jsonl", questions,
-                                                         JaxAnswerer(ckpt, batch_size=1), tokens)
+                                                         JaxAnswerer.from_checkpoint(ckpt, batch_size=1), tokens)
     seconds[f"jax, batch {batch}"], ids[f"jax, batch {batch}"] = timed(
-        root / f"{name}-b{batch}.jsonl", questions, JaxAnswerer(ckpt, batch_size=batch), tokens)
+        root / f"{name}-b{batch}.jsonl", questions, JaxAnswerer.from_checkpoint(ckpt, batch_size=batch), tokens)
     llm, mmproj = export_gguf(ckpt, root / f"gguf-{name}", "f32")
     answerer = LlamaCppAnswerer(llm, mmproj, max_new_tokens=tokens)
     try:

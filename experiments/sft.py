@@ -27,6 +27,7 @@ def get_config(arg=None):
         c.train.update(total_steps=150, batch_size=8)
         c.optim.update(learning_rate=1e-3, warmup_steps=6)
         c.checkpoint.every = 50
+        c.eval.update(every=50, batches=2)
         return c
     if size == "demo":
         embedded_demo(c)
@@ -34,6 +35,7 @@ def get_config(arg=None):
         c.train.update(total_steps=60, batch_size=8)
         c.optim.update(learning_rate=1e-3, warmup_steps=6)
         c.checkpoint.every = 30
+        c.eval.update(every=20, batches=2)  # val_loss 3 times at < 5 % of the stage's time
         return c
     learning_rate, epochs = {"1.4b": (2e-5, 3), "2.7b": (3e-5, 2)}[size]
     steps = epochs * SHAREGPT_CONVERSATIONS // 128

@@ -42,6 +42,7 @@ def get_config(arg=None):
         c.train.update(total_steps=150, batch_size=8)
         c.optim.warmup_steps = 5
         c.checkpoint.every = 50
+        c.eval.update(every=50, batches=2)
         return c
     if size == "demo":  # 336-pixel images for the demo tower (llama.cpp's 24x24 grid, no class token)
         embedded_demo(c)
@@ -54,6 +55,8 @@ def get_config(arg=None):
         c.train.update(total_steps={"1": 120, "2": 560, "lora": 560}[stage], batch_size=8)
         c.optim.warmup_steps = 10
         c.checkpoint.every = 100
+        # val_loss 3-4 times per stage at < 5 % of its time (the first one compiles the VLM's forward)
+        c.eval.update(every={"1": 40, "2": 140, "lora": 140}[stage], batches=2 if stage == "1" else 8)
         return c
     steps = recipe["examples"] // recipe["batch"]
     c.model.update(dtype="bfloat16", remat="dots_no_batch")

@@ -20,14 +20,16 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
     assert (tmp_path / "vlm2" / "model" / "tokenizer.model").is_file()  # the run's tokenizer travels along
     for name in ("mobilevlm-demo-f32.gguf", "mobilevlm-demo-q8_0.gguf", "mmproj-mobilevlm-demo-f16.gguf"):
         assert (tmp_path / "gguf" / name).stat().st_size > 0
-    answers = json.loads((tmp_path / "answers_jax.json").read_text())
-    assert len(answers) == 6 and all({"question", "answer", "prediction", "correct"} <= set(a) for a in answers)
+    answers = (tmp_path / "eval" / "demo_world" / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == 6 and all({"question_id", "prompt", "text"} <= set(json.loads(a)) for a in answers)
     summary = json.loads((tmp_path / "summary.json").read_text())
     # The demo's trained VLM answers the same in llama.cpp as in JAX, token for token (f32 LLM + f16 mmproj).
     assert summary["agreement"]["f32"]["questions"] == summary["agreement"]["f32"]["same_tokens"] == 3
-    assert 0 < summary["chance"] < 1
+    assert set(summary["scores"]) >= {"model", "blind", "most_frequent"}
+    assert summary["scores"]["blind"]["questions"] == 6
     text = (tmp_path / "summary.md").read_text()
-    assert "| vlm2 | 2 |" in text and "chance" in text and "| f32 | 3 |" in text
+    assert "| vlm2 | 2 |" in text and "| **all** |" in text and "| f32 | 3 |" in text
+    assert "image withheld" in text and "most frequent answer" in text
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
 
     second = run_demo(tmp_path)

@@ -59,7 +59,7 @@ def test_records_order_baselines_scores_and_report(world_run, ckpt, data_root, c
     assert [a["question_id"] for a in answers] == [q.question_id for q in expected]
     assert all(OFFICIAL_KEYS <= set(a) and a["prompt"] == q.prompt for a, q in zip(answers, expected))
     # batching does not change an answer: each question alone at batch 1 gives the same tokens
-    alone = JaxAnswerer(ckpt, batch_size=1).answer(expected, 16, blind=False)
+    alone = JaxAnswerer.from_checkpoint(ckpt, batch_size=1).answer(expected, 16, blind=False)
     assert [a["metadata"]["ids"] for a in answers] == [list(x.ids) for x in alone]
     assert [a["text"] for a in answers] == [x.text for x in alone]
     blind = records.read_records(world_run / "demo_world" / "answers_blind.jsonl")
@@ -98,7 +98,7 @@ def test_a_rerun_continues_after_the_last_written_answer(world_run, ckpt, data_r
     complete = (world_run / "demo_world" / "answers.jsonl").read_text().splitlines(keepends=True)
     path = tmp_path / "answers.jsonl"
     path.write_text("".join(complete[:2]) + complete[2][:25])  # two answers and a torn third line
-    answerer = CountingAnswerer(JaxAnswerer(ckpt, batch_size=2))
+    answerer = CountingAnswerer(JaxAnswerer.from_checkpoint(ckpt, batch_size=2))
     done = runner.answer_questions(path, world_questions(data_root)[:5], answerer, 16)
     assert done == answerer.asked == 3
     assert path.read_text() == "".join(complete)
@@ -131,7 +131,7 @@ def test_a_later_limit_scores_the_first_questions_of_earlier_runs(world_run, ckp
 
 def test_the_cache_grows_past_the_trained_context_as_the_official_generate(ckpt, data_root):
     """Answers are not cut at max_position_embeddings (512 here): the cache is sized for prompt + answer."""
-    answerer = JaxAnswerer(ckpt, batch_size=1)
+    answerer = JaxAnswerer.from_checkpoint(ckpt, batch_size=1)
     question = world_questions(data_root)[:1]
     short = answerer.answer(question, 16, blind=False)[0]
     long = answerer.answer(question, 520, blind=False)[0]
@@ -146,7 +146,7 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
 
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.zeros(2, np.int32))
     # two "processes", run one after the other here; each answers its contiguous slice, process 0 merges
-    answerer = JaxAnswerer(ckpt, batch_size=2, devices=jax.devices()[:2])  # rows split over 2 devices
+    answerer = JaxAnswerer.from_checkpoint(ckpt, batch_size=2, devices=jax.devices()[:2])  # rows split over 2 devices
     for index in (1, 0):
         runner.answer_benchmark("demo_world", data_root, tmp_path, answerer, limit=5, process_index=index,
                                 process_count=2)

@@ -73,6 +73,7 @@ def test_init_from_a_mismatched_checkpoint_is_refused(sft_model, tmp_path):
         config.model.llm_overrides = {"num_layers": 3}
         config.init_from = (f"={sft_model / 'sft' / 'model'}",)
         config.data.shards = (str(sft_model / "data" / "shards512"),)
+    config.eval.every = 0  # data paths set by hand, not from data.embedded.root: no held-out split here
     with pytest.raises(ValueError, match="do not fit config.model"):
         train(config, str(tmp_path / "run"))
 
@@ -100,6 +101,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sft_
     config = pretrain_experiment.get_config("tiny")
     with config.unlocked():
         config.data.shards = (str(sft_model / "data" / "shards512"),)
+    config.eval.every = 0  # data paths set by hand, not from data.embedded.root: no held-out split here
     config.train.total_steps = 12
     config.checkpoint.every = 2
     config.optim.update(learning_rate=1e9, warmup_steps=1, grad_clip_norm=1e9)
@@ -115,6 +117,7 @@ def test_resuming_a_workdir_under_another_model_is_refused(sft_model, tmp_path):
     config = pretrain_experiment.get_config("tiny")
     with config.unlocked():
         config.data.shards = (str(sft_model / "data" / "shards512"),)
+    config.eval.every = 0  # data paths set by hand, not from data.embedded.root: no held-out split here
     config.train.total_steps = 2
     train(config, str(tmp_path / "run"))
     with config.unlocked():

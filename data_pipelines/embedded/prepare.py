@@ -1,5 +1,6 @@
 """The embedded dataset made ready to train on: generated world, a tokenizer trained on its corpus, and
-token shards of its corpus. Every step is skipped when its output is already complete."""
+token shards of its corpus (train and held-out val splits). Every step is skipped when its output is
+already complete."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from data_pipelines.tokenizer import Tokenizer, train_tokenizer
 
 def prepare(root: str | os.PathLike, size: str = "tiny", vocab_size: int = 512, image_size: int = 64,
             seed: int = 0) -> dict[str, str]:
-    """Paths: world, tokenizer, shards (train split), and the SFT / LLaVA files of the train split."""
+    """Paths: world, tokenizer, shards (train split), the SFT / LLaVA files of the train split (sharegpt,
+    llava_caption, llava_instruct), and the held-out `val` split of each: shards_val, sharegpt_val, ...
+    The tokenizer is trained on the train split only."""
     root = Path(root).absolute()
     world = root / "world"
     generate(world, seed=seed, size=size, image_size=image_size)
@@ -25,8 +28,12 @@ def prepare(root: str | os.PathLike, size: str = "tiny", vocab_size: int = 512, 
                 texts += [turn["value"] for turn in record["conversations"]]
         train_tokenizer(texts, vocab_size, tokenizer_path)
     shards = root / f"shards{vocab_size}"
-    if not (shards / INDEX_FILE).is_file():
-        write_shards([str(world / "corpus_train.jsonl")], Tokenizer(tokenizer_path), shards, workers=1, progress=False)
+    held_out_shards = root / f"shards{vocab_size}_val"  # the validation loss's corpus (train.validation)
+    for directory, corpus in ((shards, "corpus_train.jsonl"), (held_out_shards, "corpus_val.jsonl")):
+        if not (directory / INDEX_FILE).is_file():
+            write_shards([str(world / corpus)], Tokenizer(tokenizer_path), directory, workers=1, progress=False)
+    names = ("sharegpt", "llava_caption", "llava_instruct")
+    files = {f"{name}{suffix}": str(world / f"{name}_{split}.json")
+             for name in names for split, suffix in (("train", ""), ("val", "_val"))}
     return {"world": str(world), "tokenizer": str(tokenizer_path), "shards": str(shards),
-            "sharegpt": str(world / "sharegpt_train.json"), "llava_caption": str(world / "llava_caption_train.json"),
-            "llava_instruct": str(world / "llava_instruct_train.json"), "images": str(world / "images")}
+            "shards_val": str(held_out_shards), **files, "images": str(world / "images")}

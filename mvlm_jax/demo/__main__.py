@@ -9,16 +9,17 @@ interrupted training stage resumes from its last checkpoint):
   3. sft       vicuna_v1 chat on the ShareGPT-style file       experiments/sft.py:demo
   4. vlm1      projector only, captions (`plain`)              experiments/vlm.py:size=demo,stage=1
   5. vlm2      projector + LLM, image instructions             experiments/vlm.py:size=demo,stage=2
-  6. eval      greedy answers (JAX, KV cache) to held-out image questions, accuracy against chance
+  6. eval      greedy answers (JAX, KV cache) to held-out image questions (the demo_world benchmark of
+               mvlm_jax.eval), beside two baselines: the model with the image withheld, and the most
+               frequent training answer of each question type
   7. export    GGUF: the LLM (f32 and q8_0) and the mmproj (tower + LDP)
-  8. llama.cpp the same questions through llama.cpp: its answers against JAX's
+  8. llama.cpp the same questions through llama.cpp: its answers against JAX's, token for token
   9. summary   WORKDIR/summary.md (tables), summary.json, loss_curves.png
 Training stages run as the user would run them: `python -m mvlm_jax.train --config ... --workdir ...`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log("data: the embedded world, tokenizer and shards")
     from data_pipelines.embedded.prepare import prepare  # deferred: --help stays instant
 
-    paths = prepare(data, args.data, vocab_size=512, image_size=336)
+    prepare(data, args.data, vocab_size=512, image_size=336)
     seconds = {"data": time.perf_counter() - started}
     for name, experiment, init_from in STAGES:
         seconds[name] = train_stage(workdir, name, experiment, init_from, data, args.data, args.steps)
@@ -87,11 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = workdir / "vlm2" / "model"
     evaluate.forget_stale_outputs(workdir, model_dir, args)
     tick = time.perf_counter()
-    results = evaluate.answers_file(workdir / "answers_jax.json", model_dir, Path(paths["world"]), "test",
-                                    args.questions)
+    eval_dir = workdir / "eval"
+    scores = evaluate.answer_and_score(model_dir, data, eval_dir, args.questions)
     seconds["eval"] = time.perf_counter() - tick
-    _log(f"eval: {evaluate.accuracy(results)['all']:.1%} of {len(results)} held-out questions "
-         f"(chance {evaluate.chance(results):.1%})")
+    _log(f"eval: {scores['model']['accuracy']:.1f}% of {scores['model']['questions']} held-out questions; "
+         f"image withheld {scores['blind']['accuracy']:.1f}%, most frequent answer "
+         f"{scores['most_frequent']['accuracy']:.1f}%")
 
     tick = time.perf_counter()
     exported = evaluate.export_files(model_dir, workdir / "gguf", EXPORT_TYPES)
@@ -99,20 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tick = time.perf_counter()
     agreement = {}
     for file_type in EXPORT_TYPES:
-        subset = results[:args.llamacpp_questions]
-        agreement[file_type] = evaluate.llamacpp_agreement(workdir / f"answers_llamacpp_{file_type}.json",
-                                                           exported[file_type], subset, Path(paths["world"]), model_dir)
+        agreement[file_type] = evaluate.llamacpp_agreement(exported[file_type], data, eval_dir,
+                                                           args.llamacpp_questions)
         _log(f"llama.cpp ({file_type}): the same answer as JAX for {agreement[file_type]['same_answers']} of "
              f"{agreement[file_type]['questions']} questions")
     seconds["llama.cpp"] = time.perf_counter() - tick
 
-    summary = report.write(workdir, [name for name, _, _ in STAGES], results, agreement, seconds,
+    summary = report.write(workdir, [name for name, _, _ in STAGES], scores, agreement, seconds,
                            time.perf_counter() - started)
     print(summary)
     _log(f"summary: {workdir / 'summary.md'}, {workdir / 'loss_curves.png'}")
-    (workdir / "summary.json").write_text(json.dumps({"seconds": seconds, "agreement": agreement,
-                                                       "accuracy": evaluate.accuracy(results),
-                                                       "chance": evaluate.chance(results)}, indent=2) + "\n")
+    evaluate.write_json(workdir / "summary.json", {"seconds": seconds, "agreement": agreement, "scores": scores})
     return 0
 
 

@@ -1,102 +1,57 @@
-"""The demo's evaluation: greedy answers to held-out image questions in JAX and in llama.cpp.
+"""The demo's evaluation through the evaluation package: the embedded world's held-out questions are the
+`demo_world` benchmark (mvlm_jax/eval/demo_world.py), answered by the checkpoint in JAX, by the same
+model with the image withheld (the blind baseline), by the most frequent training answer of each question
+type, and by the exported GGUF files in llama.cpp, whose answers are compared with JAX's token for token.
 
-Questions come from the embedded world's `eval_<split>.json` (closed answer sets, so accuracy compares
-with chance = 1 / number of choices). Both runtimes get the same prompt ids (vicuna_v1, the image first in
-the user turn) and the same image file; answers are compared as text and as token ids.
+Files: WORKDIR/eval/demo_world/answers*.jsonl, scores.json, and WORKDIR/eval/report.md.
 """
 from __future__ import annotations
 
-import collections
 import json
-import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-from PIL import Image
-
-from data_pipelines.images import preprocess_file
-from data_pipelines.templates import IMAGE_TOKEN
 from mvlm_jax.atomic import atomic_file
+from mvlm_jax.eval import records, report, runner
+from mvlm_jax.eval.demo_world import score
 
-MAX_ANSWER_TOKENS = 16
-
-
-def normalise(text: str) -> str:
-    return text.strip().rstrip(".").strip().lower()
-
-
-def _prompt(tokenizer, question: str) -> np.ndarray:
-    from mvlm_jax.generate.prompts import chat_prompt
-
-    return chat_prompt(tokenizer, [{"from": "human", "value": question}], has_image=True)
+BENCHMARK = "demo_world"
+BATCH_SIZE = 32
 
 
-def image_path(world: Path, question: dict) -> Path:
-    return world / "images" / question["image"]
-
-
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     with atomic_file(path, force=True) as partial:
         partial.write_text(json.dumps(value, indent=1) + "\n")
-
-
-def answers_file(path: Path, model_dir: Path, world: Path, split: str, count: int) -> list[dict]:
-    """JAX's greedy answers to the first `count` questions of `split` (reused when already written)."""
-    if path.is_file():
-        results = json.loads(path.read_text())
-        if len(results) == min(count, len(json.loads((world / f"eval_{split}.json").read_text()))):
-            return results
-    from mvlm_jax.generate.engine import Generator, Request
-    from mvlm_jax.generate.prompts import find_tokenizer
-    from mvlm_jax.generate.sampling import SamplingConfig
-
-    questions = json.loads((world / f"eval_{split}.json").read_text())[:count]
-    tokenizer = find_tokenizer(model_dir)
-    generator = Generator.from_checkpoint(model_dir)
-    size = generator.config.vision.image_size
-    results = []
-    for start in range(0, len(questions), 32):
-        batch = questions[start:start + 32]
-        requests = [Request(_prompt(tokenizer, q["question"]), preprocess_file(image_path(world, q), size, pad=True))
-                    for q in batch]
-        completions = generator.generate(requests, SamplingConfig(max_new_tokens=MAX_ANSWER_TOKENS))
-        for question, completion in zip(batch, completions):
-            text = tokenizer.processor.decode(completion.ids)
-            results.append({**question, "prediction": text, "prediction_ids": completion.ids,
-                            "correct": normalise(text) == normalise(question["answer"])})
-    _write_json(path, results)
-    return results
 
 
 def forget_stale_outputs(workdir: Path, model_dir: Path, settings: Any) -> None:
     """Answers and GGUF files belong to one trained model and one set of questions: when the model
     checkpoint or the settings differ from those of the last run (a stage retrained, another --data),
     remove them so that they are made again."""
-    import shutil
-
     stamp = {"model": (model_dir / "model_config.json").stat().st_mtime_ns, "data": settings.data,
              "questions": settings.questions, "llamacpp_questions": settings.llamacpp_questions}
     path = workdir / "outputs_of.json"
     if path.is_file() and json.loads(path.read_text()) == stamp:
         return
-    for stale in workdir.glob("answers_*.json"):
+    for stale in workdir.glob("answers_*.json"):  # the files of earlier versions of the demo
         stale.unlink()
+    shutil.rmtree(workdir / "eval", ignore_errors=True)
     shutil.rmtree(workdir / "gguf", ignore_errors=True)  # the demo's own exports
-    _write_json(path, stamp)
+    write_json(path, stamp)
 
 
-def accuracy(results: Sequence[dict]) -> dict[str, float]:
-    by_type: dict[str, list[bool]] = collections.defaultdict(list)
-    for r in results:
-        by_type[r["type"]].append(r["correct"])
-    out = {kind: float(np.mean(v)) for kind, v in sorted(by_type.items())}
-    out["all"] = float(np.mean([r["correct"] for r in results])) if results else 0.0
-    return out
+def answer_and_score(model_dir: Path, data_root: Path, out: Path, questions: int) -> dict[str, dict]:
+    """The model's and the blind model's answers, the most-frequent-answer baseline; their scores."""
+    from mvlm_jax.eval.answerers import JaxAnswerer
 
-
-def chance(results: Sequence[dict]) -> float:
-    return float(np.mean([r["chance"] for r in results])) if results else 0.0
+    answerer = JaxAnswerer.from_checkpoint(model_dir, batch_size=BATCH_SIZE)
+    runner.answer_benchmark(BENCHMARK, data_root, out, answerer, runner.MODEL_RUN, limit=questions)
+    runner.answer_benchmark(BENCHMARK, data_root, out, answerer, runner.BLIND_RUN, blind=True, limit=questions)
+    runner.write_majority_answers(BENCHMARK, data_root, out, questions)
+    scores = report.score_benchmark(BENCHMARK, data_root, out, questions)
+    report.write_report(out)
+    return scores
 
 
 def export_files(model_dir: Path, out: Path, types: Sequence[str]) -> dict[str, tuple[Path, Path]]:
@@ -112,30 +67,21 @@ def export_files(model_dir: Path, out: Path, types: Sequence[str]) -> dict[str, 
     return files
 
 
-def llamacpp_agreement(path: Path, files: tuple[Path, Path], results: Sequence[dict], world: Path,
-                       model_dir: Path) -> dict:
-    """llama.cpp's greedy answers to the questions of `results` (JAX's), and how often they agree."""
-    from mvlm_jax.edge.llamacpp import LlamaCppModel
-    from mvlm_jax.generate.prompts import find_tokenizer
+def llamacpp_agreement(files: tuple[Path, Path], data_root: Path, out: Path, questions: int) -> dict:
+    """llama.cpp's greedy answers to the first `questions` questions, against JAX's answers to them."""
+    from mvlm_jax.eval.answerers import LlamaCppAnswerer
+    from mvlm_jax.eval.demo_world import MAX_NEW_TOKENS
 
-    answers = json.loads(path.read_text()) if path.is_file() else []
-    if len(answers) != len(results):
-        answers = []
-        tokenizer = find_tokenizer(model_dir)
-        with LlamaCppModel(files[0], files[1], n_ctx=1024, n_threads=os.cpu_count()) as model:
-            for r in results:
-                ids = _prompt(tokenizer, r["question"]).tolist()
-                slot = ids.index(IMAGE_TOKEN)
-                rgb = np.asarray(Image.open(image_path(world, r)).convert("RGB"))
-                generated = model.greedy([ids[:slot], rgb, ids[slot + 1:]], MAX_ANSWER_TOKENS, eos_id=tokenizer.eos_id)
-                if generated and generated[-1] == tokenizer.eos_id:
-                    generated = generated[:-1]
-                text = tokenizer.processor.decode(generated)
-                answers.append({"id": r["id"], "prediction": text, "prediction_ids": generated,
-                                "correct": normalise(text) == normalise(r["answer"])})
-        _write_json(path, answers)
-    same_text = sum(normalise(a["prediction"]) == normalise(r["prediction"]) for a, r in zip(answers, results))
-    same_ids = sum(a["prediction_ids"] == r["prediction_ids"] for a, r in zip(answers, results))
-    return {"questions": len(results), "same_answers": int(same_text), "same_tokens": int(same_ids),
-            "accuracy": float(np.mean([a["correct"] for a in answers])) if answers else 0.0,
-            "jax_accuracy": float(np.mean([r["correct"] for r in results])) if results else 0.0}
+    run = runner.gguf_run(files[0])
+    answerer = LlamaCppAnswerer(files[0], files[1], max_new_tokens=MAX_NEW_TOKENS)
+    try:  # answers what an earlier, interrupted run left unanswered (nothing when it finished)
+        runner.answer_benchmark(BENCHMARK, data_root, out, answerer, run, limit=questions)
+    finally:
+        answerer.close()
+    ours = records.read_records(runner.answers_path(out, BENCHMARK, runner.MODEL_RUN))[:questions]
+    theirs = records.read_records(runner.answers_path(out, BENCHMARK, run))
+    return {"questions": len(theirs),
+            "same_answers": sum(a["text"] == b["text"] for a, b in zip(ours, theirs)),
+            "same_tokens": sum(a["metadata"].get("ids") == b["metadata"].get("ids") for a, b in zip(ours, theirs)),
+            "accuracy": score(theirs, data_root, limit=len(theirs))["accuracy"],
+            "jax_accuracy": score(ours, data_root, limit=len(theirs))["accuracy"]}

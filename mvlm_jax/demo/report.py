@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from mvlm_jax.demo.evaluate import accuracy, chance
+from mvlm_jax.atomic import atomic_file
 
 
 def _metrics(stage_dir: Path) -> list[dict]:
@@ -39,9 +39,9 @@ def plot_losses(workdir: Path, stages: Sequence[str], out: Path) -> None:
     plt.close(figure)
 
 
-def write(workdir: Path, stages: Sequence[str], results: Sequence[dict], agreement: dict, seconds: dict,
+def write(workdir: Path, stages: Sequence[str], scores: dict[str, dict], agreement: dict, seconds: dict,
           total_seconds: float) -> str:
-    """Write summary.md and loss_curves.png; returns the markdown."""
+    """Write summary.md and loss_curves.png; returns the markdown. scores: run -> demo_world scores."""
     lines = ["# MobileVLM demo", "", "## Training", "", "| stage | steps | first loss | last loss | tokens/s | time now |",
              "|---|---|---|---|---|---|"]
     for stage in stages:
@@ -50,21 +50,25 @@ def write(workdir: Path, stages: Sequence[str], results: Sequence[dict], agreeme
             speed = sum(r["tokens_per_s"] for r in rows[-10:]) / len(rows[-10:])
             lines.append(f"| {stage} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
                          f"{speed:,.0f} | {seconds.get(stage, 0):.0f} s{' (reused)' if not seconds.get(stage) else ''} |")
-    scores = accuracy(results)
-    lines += ["", f"## Held-out image questions (JAX, greedy, {len(results)} questions)", "",
-              "| question type | accuracy |", "|---|---|"]
-    lines += [f"| {kind} | {value:.1%} |" for kind, value in scores.items() if kind != "all"]
-    lines += [f"| **all** | **{scores['all']:.1%}** (chance {chance(results):.1%}) |", "",
-              "## llama.cpp (GGUF: LLM + mmproj), same prompts and images", "",
+    model, blind, majority = scores["model"], scores["blind"], scores["most_frequent"]
+    lines += ["", f"## Held-out image questions (JAX, greedy, {model['questions']} questions)", "",
+              "Beside two baselines: the same model with the image withheld, and the most frequent training "
+              "answer of each question type.", "",
+              "| question type | model | image withheld | most frequent answer |", "|---|---|---|---|"]
+    for kind, value in model["per_type"].items():
+        lines.append(f"| {kind} | {value:.1f}% | {blind['per_type'][kind]:.1f}% | {majority['per_type'][kind]:.1f}% |")
+    lines += [f"| **all** | **{model['accuracy']:.1f}%** | {blind['accuracy']:.1f}% | {majority['accuracy']:.1f}% |",
+              "", "## llama.cpp (GGUF: LLM + mmproj), same prompts and images", "",
               "| LLM type | questions | same answer as JAX | same tokens | accuracy (llama.cpp) | accuracy (JAX) |",
               "|---|---|---|---|---|---|"]
     for file_type, a in agreement.items():
         lines.append(f"| {file_type} | {a['questions']} | {a['same_answers']} | {a['same_tokens']} | "
-                     f"{a['accuracy']:.1%} | {a['jax_accuracy']:.1%} |")
+                     f"{a['accuracy']:.1f}% | {a['jax_accuracy']:.1f}% |")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
     lines += [f"| total | {total_seconds:.0f} |", "", "![loss curves](loss_curves.png)", ""]
     text = "\n".join(lines)
-    (workdir / "summary.md").write_text(text)
+    with atomic_file(workdir / "summary.md", force=True) as partial:
+        partial.write_text(text)
     plot_losses(workdir, stages, workdir / "loss_curves.png")
     return text

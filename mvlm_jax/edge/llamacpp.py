@@ -7,10 +7,11 @@ current position, as llama.cpp's own multimodal CLI does.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +20,32 @@ Segment = Union[Sequence[int], np.ndarray]  # token ids, or an image [H, W, 3] u
 
 def _threads(n_threads: int | None) -> int:
     return n_threads or os.cpu_count() or 1
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """llama-cpp-python's Llama() takes llama_model_default_params() as they are; this sets one field of
+    them for the models loaded inside the block."""
+    import llama_cpp.llama_cpp as bindings
+
+    default = bindings.llama_model_default_params
+
+    def params():
+        value = default()
+        value.use_extra_bufts = use_extra_bufts
+        return value
+    bindings.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default
 
 
 class LlamaCppModel:
@@ -34,9 +61,13 @@ class LlamaCppModel:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: GGUF file not found")
         self._lib = llama_cpp
-        self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                   n_threads=_threads(n_threads), n_threads_batch=_threads(n_threads),
-                                   logits_all=logits_all, verbose=False)
+        # ggml's extra buffer types repack weights for the CPU; on CPUs with AMX that is its AMX path, which
+        # crashes (SIGSEGV in the first Q8_0 matmul) in VMs that do not grant AMX tile state, as on the
+        # Xeon these tests ran on; elsewhere the repacking stays on (it speeds up Q4_0 on AVX2 and ARM).
+        with _model_params(use_extra_bufts=not _cpu_has_amx()):
+            self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                       n_threads=_threads(n_threads), n_threads_batch=_threads(n_threads),
+                                       logits_all=logits_all, verbose=False)
         self.n_batch = n_batch
         self.logits_all = logits_all
         self.mtmd = None

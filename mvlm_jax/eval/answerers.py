@@ -103,30 +103,39 @@ class JaxAnswerer:
     """A MobileVLM checkpoint through mvlm_jax.generate: batches of `batch_size` questions (the last one
     padded, so one shape compiles), rows split over `devices`, a KV cache as long as the batch needs."""
 
-    def __init__(self, ckpt: str | os.PathLike, batch_size: int = 16, devices=None, tokenizer=None,
-                 dtype: str | None = None):
+    def __init__(self, config, params, tokenizer, model_id: str, fingerprint: str, batch_size: int = 16,
+                 devices=None, dtype: str | None = None):
+        """config: a VLMConfig; params: its parameter tree (host or device arrays); tokenizer: the
+        data_pipelines.tokenizer.Tokenizer it was trained with."""
         import jax
 
-        from mvlm_jax.checkpoint import load_model
-        from mvlm_jax.generate.prompts import find_tokenizer
         from mvlm_jax.models.config import VLMConfig
 
-        params, config = load_model(ckpt)
         if not isinstance(config, VLMConfig):
-            raise ValueError(f"{ckpt}: a text-only LLM checkpoint ({type(config).__name__}); image benchmarks need a "
-                             f"MobileVLM checkpoint with a vision tower and a projector (the output of VLM training "
-                             f"or `mvlm convert import` of a MobileVLM model)")
-        self.tokenizer = find_tokenizer(ckpt, tokenizer)
+            raise ValueError(f"{model_id}: a text-only LLM checkpoint ({type(config).__name__}); image benchmarks "
+                             f"need a MobileVLM checkpoint with a vision tower and a projector (the output of VLM "
+                             f"training or `mvlm convert import` of a MobileVLM model)")
+        self.tokenizer, self.model_id = tokenizer, model_id
         self.config, self.devices = with_dtype(config, dtype), list(devices or jax.local_devices()[:1])
         self.params = jax.device_put(params, jax.sharding.NamedSharding(
             jax.sharding.Mesh(np.asarray(self.devices), ("data",)), jax.sharding.PartitionSpec()))
         self.generators: dict = {}  # cache length -> Generator (compiled functions are shared by all)
         self.image_size = config.vision.image_size
         self.batch_size = -(-batch_size // len(self.devices)) * len(self.devices)  # whole rows per device
-        self.model_id = Path(ckpt).absolute().name
-        if self.model_id == "model":  # a training run's output: name it after the run
-            self.model_id = Path(ckpt).absolute().parent.name
-        self.fingerprint = file_fingerprint(Path(ckpt) / "model_config.json") + f"-{self.config.llm.dtype}"
+        self.fingerprint = f"{fingerprint}-{self.config.llm.dtype}"
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | os.PathLike, batch_size: int = 16, devices=None, tokenizer=None,
+                        dtype: str | None = None) -> "JaxAnswerer":
+        from mvlm_jax.checkpoint import load_model
+        from mvlm_jax.generate.prompts import find_tokenizer
+
+        params, config = load_model(ckpt)
+        model_id = Path(ckpt).absolute().name
+        if model_id == "model":  # a training run's output: name it after the run
+            model_id = Path(ckpt).absolute().parent.name
+        return cls(config, params, find_tokenizer(ckpt, tokenizer), model_id,
+                   file_fingerprint(Path(ckpt) / "model_config.json"), batch_size, devices, dtype)
 
     def generator(self, positions: int):
         """A Generator whose cache holds `positions` slots, rounded up to a power of two of at least

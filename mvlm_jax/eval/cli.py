@@ -79,8 +79,9 @@ def _run_vlm(args: argparse.Namespace) -> int:
         local = jax.local_devices()
         if args.devices is not None and not 1 <= args.devices <= len(local):
             raise ValueError(f"--devices {args.devices}: this process has {len(local)} local device(s)")
-        jax_answerer = JaxAnswerer(args.ckpt, batch_size=args.batch_size, devices=local[:args.devices],
-                                   tokenizer=args.tokenizer, dtype=args.dtype)
+        jax_answerer = JaxAnswerer.from_checkpoint(args.ckpt, batch_size=args.batch_size,
+                                                   devices=local[:args.devices], tokenizer=args.tokenizer,
+                                                   dtype=args.dtype)
     if args.gguf:
         from mvlm_jax.eval.answerers import LlamaCppAnswerer
 

@@ -34,12 +34,13 @@ def _initialize_distributed() -> None:
 def _fill_embedded(config, workdir: str) -> None:
     """Tiny experiments train on the embedded dataset, generated and sharded on first use."""
     from data_pipelines.embedded.prepare import prepare
+    from mvlm_jax.train import setup
 
     import jax
     from jax.experimental import multihost_utils
 
     embedded = config.data.embedded
-    arguments = (embedded.root or os.path.join(workdir, "data"), embedded.size, embedded.vocab_size, embedded.image_size)
+    arguments = (setup.embedded_root(config, workdir), embedded.size, embedded.vocab_size, embedded.image_size)
     if jax.process_index() == 0:  # one writer; the others wait, then find everything complete
         prepare(*arguments)
     if jax.process_count() > 1:

@@ -1,4 +1,5 @@
-"""The trainer: resume or initialise a sharded state, then step, log and checkpoint, top to bottom.
+"""The trainer: resume or initialise a sharded state, then step; after each step its hooks (validation,
+logging, checkpointing: mvlm_jax.train.hooks) run when due, top to bottom.
 
 It knows neither the model family nor the stage: the experiment config says what trains (path patterns),
 which data feeds it and where the weights come from. Resume order: the workdir's own latest good
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,10 +25,13 @@ from mvlm_jax.models.config import to_dict
 from mvlm_jax.train import setup
 from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
+from mvlm_jax.train.hooks import Hook, StepContext, due_hooks, run_hooks
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
 from mvlm_jax.sharding import path_of
 from mvlm_jax.train.partition import count, describe, merge, split
 from mvlm_jax.train.step import init_state
+from mvlm_jax.train.validation import Validation, validation_hook
+from mvlm_jax.eval.during_training import benchmark_hook
 
 
 class TrainingError(RuntimeError):
@@ -73,13 +77,19 @@ def save_final_model(directory: Path, state: dict, model_config, tokenizer: str 
         print(f"wrote the trained model to {directory}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Run (or resume) the experiment in `workdir`; returns the metrics of the steps run now."""
+def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()) -> list[dict]:
+    """Run (or resume) the experiment in `workdir`; returns the metrics of the steps run now. `hooks`: more
+    periodic work (mvlm_jax.train.hooks), run after validation and before logging, so that what they add
+    to a step's record is logged with it."""
     workdir_path = setup.workdir_path(workdir)
     run = build_run(config)
     mesh, model, model_config, optimizer = run.mesh, run.model, run.model_config, run.optimizer
     state_shardings = run.state_shardings
+    benchmarks = benchmark_hook(config, model_config, workdir_path)  # checks its files before any data is read
     data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count())
+    validation = Validation(setup.held_out_batches(config, model_config, workdir_path, jax.process_index(),
+                                                   jax.process_count()),
+                            run.eval_step, run.batch_sharding, mesh) if config.eval.every else None
 
     checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config))
     metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
@@ -104,12 +114,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)
     peak = peak_flops(jax.devices()[0].device_kind)
     history: list[dict] = []
-    bar = tqdm(total=config.train.total_steps, initial=start_step, disable=None, desc="train")
+    total_steps = config.train.total_steps
+    bar = tqdm(total=total_steps, initial=start_step, disable=None, desc="train")
     pending: dict | None = None  # the dispatched step whose metrics are not read yet
     last_done = time.perf_counter()
 
-    def finish(step_info: dict) -> None:
-        """Read a step's metrics (waits for it), stop on a non-finite one, log it."""
+    def read_step(step_info: dict) -> dict:
+        """Wait for a dispatched step, stop on a non-finite one; its metrics record."""
         nonlocal last_done
         metrics = jax.device_get(step_info["metrics"])
         done = time.perf_counter()
@@ -119,18 +130,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                                 f"{float(metrics['grad_norm'])} is not finite; the state was not updated and "
                                 f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
         flops = step_flops(model_config, step_info["tokens"], step_info["seq"], step_info["images"], trained_share)
-        record = {"step": step_info["step"], "loss": float(metrics["loss"]),
-                  "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
-                  "tokens_per_s": step_info["tokens"] / elapsed, "images_per_s": step_info["images"] / elapsed,
-                  "step_time_s": elapsed, "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
-                  "batch_hash": step_info["hash"]}
-        writer.write(record)
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        return {"step": step_info["step"], "loss": float(metrics["loss"]),
+                "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
+                "tokens_per_s": step_info["tokens"] / elapsed, "images_per_s": step_info["images"] / elapsed,
+                "step_time_s": elapsed, "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
+                "batch_hash": step_info["hash"]}
+
+    def log(context: StepContext) -> None:
+        writer.write(context.record)
+        history.append(context.record)
+        bar.set_postfix(loss=f"{context.record['loss']:.4f}")
         bar.update(1)
 
+    # Run in this order after a step: validation and the extra hooks add to the record, logging writes it,
+    # and the checkpoint comes last.
+    hook_list = [*([validation_hook(config.eval.every, validation, jax.process_index() == 0)] if validation else []),
+                 *([benchmarks] if benchmarks else []),
+                 *hooks,
+                 Hook("log", 1, log),
+                 Hook("checkpoint", config.checkpoint.every,
+                      lambda context: checkpoints.save(context.step, context.state, data, metadata), needs_state=True)]
+
+    def after_step(step_info: dict, step_state: dict | None) -> None:
+        """Read a step's metrics (waits for it), then run the hooks due at it; no hook runs after a
+        non-finite step, so a checkpoint only ever holds a state whose step was checked finite."""
+        record = read_step(step_info)
+        run_hooks(hook_list, StepContext(step_info["step"], step_info["step"] == total_steps, record, step_state))
+
     try:
-        for step in range(start_step, config.train.total_steps):
+        for step in range(start_step, total_steps):
             batch = next(data)
             info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
                     "tokens": int(batch["tokens"].size) * jax.process_count(),
@@ -143,14 +171,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             # Read the previous step's metrics only now: the host prepares and dispatches step t + 1
             # while the device still runs step t.
             if pending is not None:
-                finish(pending)
+                after_step(pending, None)
             pending = info
-            if (step + 1) % config.checkpoint.every == 0 or step + 1 == config.train.total_steps:
-                finish(pending)  # a checkpoint only ever holds a state whose step was checked finite
+            if any(hook.needs_state for hook in due_hooks(hook_list, step + 1, step + 1 == total_steps)):
+                after_step(pending, state)  # before step t + 1 donates this state
                 pending = None
-                checkpoints.save(step + 1, state, data, metadata)
         if pending is not None:
-            finish(pending)
+            after_step(pending, None)
         save_final_model(workdir_path / "model", state, model_config, config.data.get("tokenizer"))
     finally:
         bar.close()
@@ -159,4 +186,3 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         writer.close()
         data.close()
     return history
-

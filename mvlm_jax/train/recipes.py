@@ -26,6 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
                    weight_decay=0.1, grad_clip_norm=1.0)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)
+    # Validation loss every `every` steps and at the last one (0: off) over `batches` fixed global batches of
+    # held-out data: token shards (`shards`, pretraining) or conversation files (`files`, read like
+    # data.files); with neither set, data.embedded's val split. The benchmark keys (image benchmarks by
+    # name, at most `limit` questions each, 0: all, question files under `data_root`) are read by the
+    # benchmark hook.
+    c.eval = dict(every=0, batches=4, shards=(), files=(), benchmarks=(), limit=0, data_root="", benchmark_every=0,
+                  batch_size=16)
     # Short names for the two keys every run sets: --config.total_steps=N --config.checkpoint_every=N.
     # They are references to train.total_steps and checkpoint.every, so either spelling changes both.
     c.total_steps = c.train.get_ref("total_steps")

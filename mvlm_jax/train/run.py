@@ -1,5 +1,6 @@
 """Everything a run compiles, built from the config without touching data or weights: mesh, model,
-optimizer, the abstract sharded state and the jitted step. Shared by the trainer and `plan`."""
+optimizer, the abstract sharded state, the jitted step and the jitted validation loss. Shared by the
+trainer and `plan`."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ from mvlm_jax.models.config import ModelConfig, VLMConfig
 from mvlm_jax.train import setup
 from mvlm_jax.train.optimizer import make_optimizer, schedule
 from mvlm_jax.train.partition import is_trainable, split
-from mvlm_jax.train.step import compiler_options, init_state, make_train_step
+from mvlm_jax.train.step import compiler_options, init_state, make_eval_step, make_train_step
 
 
 def validate(config: ml_collections.ConfigDict, devices: int) -> None:
@@ -53,6 +54,7 @@ class Run:
     batch_sharding: NamedSharding
     replicated: NamedSharding
     step: Any  # jitted step(state, batch) -> (state, metrics), state donated
+    eval_step: Any  # jitted eval_step(state, batch) -> {"loss_sum", "target_tokens"}, replicated; compiled on first use
 
 
 def build_run(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
@@ -61,7 +63,7 @@ def build_run(config: ml_collections.ConfigDict, devices: list | None = None) ->
     mesh = sharding.make_mesh(setup.mesh_config(config), devices)
     model_config = setup.model_config(config.model)
     lora = model_config.llm.lora if isinstance(model_config, VLMConfig) else model_config.lora
-    model = build_model(model_config)
+    model = eval_model = build_model(model_config)  # validation never drops out
     if lora is not None and lora.dropout > 0:
         model = model.clone(deterministic=False)
     optim = setup.optim_config(config)
@@ -91,8 +93,11 @@ def build_run(config: ml_collections.ConfigDict, devices: list | None = None) ->
         jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0,
                          compiler_options=compiler_options(devices[0].platform))
+        jitted_eval = jax.jit(make_eval_step(eval_model, config.train.accumulation_steps),
+                              in_shardings=(state_shardings, batch_sharding), out_shardings=replicated,
+                              compiler_options=compiler_options(devices[0].platform))
     return Run(mesh, model, model_config, optimizer, trainable_of, param_shardings, state_shardings, abstract_state,
-               batch_sharding, replicated, jitted)
+               batch_sharding, replicated, jitted, jitted_eval)
 
 
 def abstract_batch(config: ml_collections.ConfigDict, run: Run) -> dict[str, jax.ShapeDtypeStruct]:

@@ -1,6 +1,6 @@
 """From an experiment's ConfigDict to the pieces the loop runs: model config, data stream, optimizer.
 
-Each component reads only its own sub-config (model, data, optim, train, mesh, checkpoint).
+Each component reads only its own sub-config (model, data, optim, train, mesh, checkpoint, eval).
 """
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import ml_collections
 
 from data_pipelines.conversations import ConversationData, build_conversation_dataset
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
+from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
+from data_pipelines.token_source import read_index
 from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig,
                                     VLMConfig)
 from mvlm_jax.sharding import MeshConfig
 from mvlm_jax.train.checkpoints import CheckpointConfig
 from mvlm_jax.train.optimizer import OptimConfig
+from mvlm_jax.train.validation import WindowRows, conversation_rows, fixed_batches
 
 
 def _preset(presets: dict, name: str, what: str):
@@ -66,14 +69,71 @@ def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_i
             sources=sources, seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed,
             reset_attention_at_eos=data.reset_attention_at_eos, read=read), process_index, process_count)
     if data.kind == "conversation":
-        num_visual = model.num_visual_tokens if isinstance(model, VLMConfig) else 0
-        image_size = model.vision.image_size if isinstance(model, VLMConfig) else 336
-        return build_conversation_dataset(ConversationData(
-            files=tuple(data.files), format=data.format, template=data.template, tokenizer=data.tokenizer,
-            seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed, image_root=data.image_root or None,
-            image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
-            images_per_row=data.images_per_row, pack=data.pack, read=read), process_index, process_count)
+        return build_conversation_dataset(conversation_data(config, model, tuple(data.files), read), process_index,
+                                          process_count)
     raise ValueError(f"config.data.kind: {data.kind!r}; expected pretrain or conversation")
+
+
+def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
+                      read: ReadOptions = ReadOptions()) -> ConversationData:
+    """The conversation pipeline's settings for `files` (training's or the held-out ones)."""
+    data = config.data
+    num_visual = model.num_visual_tokens if isinstance(model, VLMConfig) else 0
+    image_size = model.vision.image_size if isinstance(model, VLMConfig) else 336
+    return ConversationData(
+        files=files, format=data.format, template=data.template, tokenizer=data.tokenizer,
+        seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed, image_root=data.image_root or None,
+        image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
+        images_per_row=data.images_per_row, pack=data.pack, read=read)
+
+
+def embedded_root(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """Where the embedded dataset of a run lives: data.embedded.root, else WORKDIR/data."""
+    return Path(config.data.embedded.root or Path(workdir) / "data")
+
+
+def held_out_sources(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(token shard directories, conversation files) of the held-out split: config.eval.shards / files, or
+    with neither set and data.embedded.enabled, the embedded dataset's `val` split."""
+    shards, files = tuple(config.eval.shards), tuple(config.eval.files)
+    if shards or files or not config.data.embedded.enabled:
+        return shards, files
+    from data_pipelines.embedded.prepare import prepare
+
+    embedded = config.data.embedded
+    paths = prepare(embedded_root(config, workdir), embedded.size, embedded.vocab_size, embedded.image_size)
+    return (paths["shards_val"],), tuple(paths[f"{name}_val"] for name in embedded.files)
+
+
+def _training_tokenizers(config: ml_collections.ConfigDict) -> set[str]:
+    directories = list(config.data.shards) + [d for d in dict(config.data.mixture_dirs).values() if d]
+    return {read_index(directory)["tokenizer"]["sha256"] for directory in directories
+            if (Path(directory) / INDEX_FILE).is_file()}
+
+
+def held_out_batches(config: ml_collections.ConfigDict, model: ModelConfig, workdir: str | Path, process_index: int,
+                     process_count: int) -> list[dict]:
+    """This process's part of the fixed validation batches (mvlm_jax.train.validation) of the run."""
+    shards, files = held_out_sources(config, workdir)
+    count = config.eval.batches * config.train.batch_size
+    if config.data.kind == "pretrain":
+        if not shards:
+            raise ValueError(f"config.eval.every is {config.eval.every} but there is no held-out data: set "
+                             "config.eval.shards (token shard directories of a held-out corpus)")
+        rows = WindowRows(shards, config.data.seq_len, config.data.reset_attention_at_eos, count)
+        trained = _training_tokenizers(config)
+        if trained and rows.tokenizer_sha256 != trained:
+            hint = "" if config.eval.shards else (" (the val split of the embedded dataset in "
+                                                  f"{embedded_root(config, workdir)}: set data.embedded.root to the "
+                                                  "training data's root)")
+            raise ValueError(f"held-out shards {list(shards)}{hint} were tokenized with another tokenizer than the "
+                             f"training shards (sha256 {sorted(rows.tokenizer_sha256)} != {sorted(trained)})")
+    else:
+        if not files:
+            raise ValueError(f"config.eval.every is {config.eval.every} but there is no held-out data: set "
+                             "config.eval.files (held-out conversation files in config.data.format)")
+        rows = conversation_rows(conversation_data(config, model, files))
+    return fixed_batches(rows, config.train.batch_size, config.eval.batches, process_index, process_count)
 
 
 def workdir_path(workdir: str) -> Path:

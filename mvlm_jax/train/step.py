@@ -1,4 +1,5 @@
-"""The train step: a pure function `step(state, batch) -> (state, metrics)` from a factory.
+"""The train step: a pure function `step(state, batch) -> (state, metrics)` from a factory, and the
+validation step: the same loss, forward only (`make_loss_sum` is the one place the loss is written).
 
 Only the trainable part of the parameters is differentiated; the frozen part (the vision tower, a frozen
 LLM in VLM stage 1) enters as a constant, so no backward pass runs through it and it has no gradient or
@@ -47,21 +48,31 @@ def cross_entropy_sum(logits: jax.Array, targets: jax.Array, loss_mask: jax.Arra
     return jnp.sum(token_loss * mask), jnp.sum(mask)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accumulation_steps: int = 1) -> Callable[[State, Batch], tuple[State, dict]]:
+def make_loss_sum(model: nn.Module) -> Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]:
+    """loss_sum(trainable, frozen, batch, rng) -> (sum of masked token losses, target tokens): the one loss
+    of training and validation."""
     def loss_sum(trainable, frozen, batch, rng):
         logits = model_forward(model, merge(trainable, frozen), batch, rng)
-        total, count = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
-        return total, count
+        return cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
 
-    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+    return loss_sum
+
+
+def micro_batches(batch: Batch, accumulation_steps: int) -> Batch:
+    """[batch, ...] -> [accumulation_steps, batch / accumulation_steps, ...]. Strided (rows i, i + A, ...):
+    every device keeps feeding its own rows, where a contiguous split would move inputs between data/fsdp
+    shards for every micro-batch."""
+    return jax.tree.map(lambda x: jnp.swapaxes(
+        x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]), 0, 1), batch)
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    accumulation_steps: int = 1) -> Callable[[State, Batch], tuple[State, dict]]:
+    grad_fn = jax.value_and_grad(make_loss_sum(model), has_aux=True)
 
     def step(state: State, batch: Batch) -> tuple[State, dict]:
         rng, step_rng = jax.random.split(state["rng"])
-        # Strided micro-batches (rows i, i + A, ...): every device keeps feeding its own rows, where a
-        # contiguous split would move inputs between data/fsdp shards for every micro-batch.
-        micro = jax.tree.map(lambda x: jnp.swapaxes(
-            x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]), 0, 1), batch)
+        micro = micro_batches(batch, accumulation_steps)
 
         def accumulate(carry, inputs):
             grads, total, count = carry
@@ -89,6 +100,25 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
         return new_state, metrics
 
     return step
+
+
+def make_eval_step(model: nn.Module, accumulation_steps: int = 1) -> Callable[[State, Batch], dict]:
+    """eval_step(state, batch) -> {"loss_sum", "target_tokens"} (float32 scalars): the train step's loss,
+    forward only, over the same micro-batches (a forward over the whole global batch at once would hold
+    `accumulation_steps` times the logits). `model` must be deterministic (no dropout); the state is read,
+    never changed."""
+    loss_sum = make_loss_sum(model)
+
+    def eval_step(state: State, batch: Batch) -> dict:
+        def accumulate(carry, micro_batch):
+            total, count = loss_sum(state["trainable"], state["frozen"], micro_batch, jax.random.key(0))
+            return (carry[0] + total, carry[1] + count), None
+
+        (total, count), _ = jax.lax.scan(accumulate, (jnp.float32(0), jnp.float32(0)),
+                                         micro_batches(batch, accumulation_steps))
+        return {"loss_sum": total, "target_tokens": count}
+
+    return eval_step
 
 
 def init_state(trainable: Any, frozen: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> State:
