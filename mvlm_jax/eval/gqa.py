@@ -9,9 +9,6 @@ eval.py over `testdev_balanced_questions.json`: a raw exact string match against
 questions with "isBalanced" (all of testdev-balanced), with "binary"/"open" (structural type "query" is open)
 and per structural/semantic type accuracies. eval.py raises on a balanced question without a prediction, so
 a missing answer is an AnswerError here too.
-
-This module also holds `loader_questions`, the reader of the model_vqa_loader question format that TextVQA
-and POPE share.
 """
 from __future__ import annotations
 
@@ -19,7 +16,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from mvlm_jax.eval.benchmark import AnswerError, BenchmarkFileError, Question
+from mvlm_jax.eval.benchmark import AnswerError, Question
+from mvlm_jax.eval.loader_format import loader_questions, require
 from mvlm_jax.eval.records import match_records
 
 NAME = "gqa"
@@ -29,7 +27,6 @@ SCORE_KEYS = ("accuracy",)
 QUESTION_FILE = "gqa/llava_gqa_testdev_balanced.jsonl"
 ANNOTATION_FILE = "gqa/testdev_balanced_questions.json"
 IMAGE_DIR = "gqa/images"
-LOADER_KEYS = ("question_id", "image", "text")
 
 
 def required_files(data_root: Path) -> dict[Path, str]:
@@ -42,57 +39,6 @@ def required_files(data_root: Path) -> dict[Path, str]:
                                 "answer, isBalanced, types)",
         root / IMAGE_DIR: "the GQA images folder (n161313.jpg, ...)",
     }
-
-
-def require(path: Path, what: str) -> Path:
-    """`path` if it exists, else BenchmarkFileError naming it and what belongs there."""
-    if not path.exists():
-        raise BenchmarkFileError(f"{path}: missing; expected {what} (MobileVLM's benchmark_data layout)")
-    return path
-
-
-def loader_questions(question_file: Path, image_dir: Path, benchmark: str, what: str,
-                     categories: tuple[str, ...] | None = None) -> list[Question]:
-    """The questions of a model_vqa_loader question file, in file order.
-
-    Format (LLaVA playground/data/eval/*/llava_*.jsonl): one JSON object a line with question_id (kept with
-    its JSON type), image (a file name under `image_dir`), text (the user turn, suffix included) and an
-    optional category. The official generator writes `text` as the record's prompt; every image is padded to
-    a square. ValueError naming the file and line of a malformed or repeated line (a repeat has the same
-    Question.key), or of a category not in `categories` (when given). `what` describes the file for the
-    missing-file error.
-    """
-    require(question_file, what)
-    questions, first_line = [], {}
-    with question_file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{question_file}:{number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not a JSON object ({error.msg})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
-            absent = [key for key in LOADER_KEYS if key not in item]
-            if absent:
-                raise ValueError(f"{where}: {benchmark} question without {', '.join(absent)} "
-                                 f"(expected {', '.join(LOADER_KEYS)}, category)")
-            if not isinstance(item["text"], str) or not isinstance(item["image"], str):
-                raise ValueError(f"{where}: text and image must be strings")
-            question = Question(question_id=item["question_id"], text=item["text"], prompt=item["text"],
-                                image_path=image_dir / item["image"], pad=True,
-                                category=str(item.get("category", "default")))
-            if categories is not None and question.category not in categories:
-                raise ValueError(f"{where}: category {question.category!r}; expected one of "
-                                 f"{', '.join(categories)}")
-            if question.key in first_line:
-                raise ValueError(f"{where}: repeats the question of line {first_line[question.key]} "
-                                 f"(question_id {item['question_id']!r})")
-            first_line[question.key] = number
-            questions.append(question)
-    return questions
 
 
 def questions(data_root: Path) -> list[Question]:

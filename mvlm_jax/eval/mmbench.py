@@ -62,28 +62,31 @@ def read_rows(data_root: Path) -> list[dict]:
     path = Path(data_root) / TSV_FILE
     if not path.is_file():
         raise BenchmarkFileError(f"{path} is missing: {required_files(data_root)[path]}")
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the base64 image column
-    rows, seen = [], set()
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, [])
-        absent = [c for c in COLUMNS if c not in header]
-        if absent:
-            raise ValueError(f"{path}: no column {', '.join(absent)} (header: {', '.join(header)})")
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(header)}")
-            row = dict(zip(header, fields))
-            try:
-                row["index"] = int(row["index"])
-            except ValueError:
-                raise ValueError(f"{path}:{reader.line_num}: index {row['index']!r} is not an integer") from None
-            if row["index"] in seen:
-                raise ValueError(f"{path}:{reader.line_num}: index {row['index']} appears twice")
-            seen.add(row["index"])
-            rows.append(row)
+    limit = csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the base64 image column
+    try:
+        rows, seen = [], set()
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            header = next(reader, [])
+            absent = [c for c in COLUMNS if c not in header]
+            if absent:
+                raise ValueError(f"{path}: no column {', '.join(absent)} (header: {', '.join(header)})")
+            for fields in reader:
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(header)}")
+                row = dict(zip(header, fields))
+                try:
+                    row["index"] = int(row["index"])
+                except ValueError:
+                    raise ValueError(f"{path}:{reader.line_num}: index {row['index']!r} is not an integer") from None
+                if row["index"] in seen:
+                    raise ValueError(f"{path}:{reader.line_num}: index {row['index']} appears twice")
+                seen.add(row["index"])
+                rows.append(row)
+    finally:
+        csv.field_size_limit(limit)  # the process-wide limit as it was
     return rows
 
 

@@ -24,11 +24,11 @@ subtask, acc_plus over its images (consecutive pairs in file order: both answers
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 from typing import Sequence
 
 from mvlm_jax.eval.benchmark import BenchmarkFileError, Question
+from mvlm_jax.eval.loader_format import loader_questions
 from mvlm_jax.eval.records import match_records
 
 NAME = "mme"
@@ -43,25 +43,6 @@ YN_FOLDER = "questions_answers_YN"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
               "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
-
-
-def _question_lines(data_root: Path) -> list[dict]:
-    path = Path(data_root) / QUESTION_FILE
-    if not path.is_file():
-        raise BenchmarkFileError(f"{path} is missing: LLaVA's MME question file (llava_mme.jsonl)")
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-        absent = [key for key in ("question_id", "image", "text") if key not in item]
-        if absent:
-            raise ValueError(f"{path}:{number}: no {', '.join(absent)}")
-        items.append(item)
-    return items
 
 
 def subtask(question_id: str) -> str:
@@ -81,19 +62,18 @@ def required_files(data_root: Path) -> dict[Path, str]:
     files = {data_root / QUESTION_FILE: "LLaVA's MME question file (llava_mme.jsonl)",
              data_root / IMAGE_ROOT: "the MME_Benchmark_release_version folder (images and answer files)"}
     if (data_root / QUESTION_FILE).is_file():
-        for item in _question_lines(data_root):
-            folder = answer_file(data_root, item["question_id"]).parent
-            files.setdefault(folder, f"MME's {subtask(item['question_id'])} folder with its <image>.txt answer "
+        for question in questions(data_root):
+            folder = answer_file(data_root, question.question_id).parent
+            files.setdefault(folder, f"MME's {subtask(question.question_id)} folder with its <image>.txt answer "
                                      f"files (lines 'question<TAB>Yes|No')")
     return files
 
 
 def questions(data_root: Path) -> list[Question]:
     """The questions in the file's order (the pairs of an image on consecutive lines); category = subtask."""
-    images = Path(data_root) / IMAGE_ROOT
-    return [Question(question_id=item["question_id"], text=item["text"], prompt=item["text"],
-                     image_path=images / item["image"], category=item.get("category") or subtask(item["question_id"]))
-            for item in _question_lines(Path(data_root))]
+    root = Path(data_root)
+    return loader_questions(root / QUESTION_FILE, root / IMAGE_ROOT, NAME,
+                            "LLaVA's MME question file (llava_mme.jsonl)")
 
 
 def _read_answers(path: Path) -> dict[str, str]:

@@ -51,7 +51,3 @@ TABLE3 = {  # paper, Table 3 (Avg. is the unweighted mean of the ten columns)
     "TinyLLaMA 1.1B (2T)": [0.23, 0.57, 0.59, 0.55, 0.57, 0.23, 0.39, 0.40, 0.70, 0.2541],
 }
 
-
-def mme_perception_percent(value: float) -> float:
-    """The README's average puts MME-P on a 0-100 scale: value / 2000 * 100."""
-    return value / 20.0

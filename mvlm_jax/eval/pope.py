@@ -19,13 +19,12 @@ the mean F1 of the three splits (haotian-liu/LLaVA#626); both mean_f1 and mean_a
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from mvlm_jax.eval.benchmark import AnswerError, Question
-from mvlm_jax.eval.gqa import loader_questions, require
-from mvlm_jax.eval.records import match_records
+from mvlm_jax.eval.loader_format import loader_questions, require
+from mvlm_jax.eval.records import json_lines, match_records
 
 NAME = "pope"
 MAX_NEW_TOKENS = 128  # hard-coded in mobilevlm/eval/model_vqa_loader.py
@@ -91,17 +90,10 @@ def metrics(predictions: list[str], labels: list[str]) -> dict:
 def _read_annotations(path: Path) -> list[dict]:
     """The lines of a coco_pope_<split>.json file; ValueError naming the file and line of a bad one."""
     lines = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-            if not isinstance(item, dict) or "label" not in item:
-                raise ValueError(f"{path}:{number}: expected a JSON object with a 'label'")
-            lines.append(item)
+    for number, item in json_lines(path):
+        if "label" not in item:
+            raise ValueError(f"{path}:{number}: expected a JSON object with a 'label'")
+        lines.append(item)
     return lines
 
 

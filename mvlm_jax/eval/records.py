@@ -9,12 +9,32 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
 from mvlm_jax.eval.benchmark import AnswerError
 
 REQUIRED_KEYS = ("question_id", "prompt", "text")
 SHOWN_IDS = 10  # ids named in an error message; the count says how many more
+
+
+def json_lines(path: Path, torn_tail_ok: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of a JSON-lines file; ValueError naming the file and
+    line of one that is not a JSON object. torn_tail_ok: a last line without newline that is not valid
+    JSON (an interrupted append) ends the file instead."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            if torn_tail_ok and number == len(lines) and not text.endswith("\n"):
+                return
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(item).__name__}")
+        yield number, item
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -23,20 +43,8 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: answers file not found")
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not text.endswith("\n"):
-                break  # a torn final append
-            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    for number, record in json_lines(path, torn_tail_ok=True):
         absent = [key for key in REQUIRED_KEYS if key not in record]
         if absent:
             raise ValueError(f"{path}:{number}: answer record without {', '.join(absent)} "

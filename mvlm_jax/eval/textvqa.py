@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from mvlm_jax.eval.benchmark import AnswerError, Question
-from mvlm_jax.eval.gqa import loader_questions, require
+from mvlm_jax.eval.loader_format import loader_questions, require
 from mvlm_jax.eval.records import match_records
 from mvlm_jax.eval.textvqa_answers import GT_ANSWERS, soft_accuracy
 
