@@ -214,16 +214,22 @@ def test_errors_name_the_problem(ckpt, data_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", benchmark.PAPER_BENCHMARKS)
 def test_each_paper_benchmark_from_question_files_to_scores(name, ckpt, data_root, gguf_files, tmp_path):
-    """Every question answered once, in the question file's order, in the official record format; scored;
-    the report puts the paper's Table 4 beside it. SQA (no pad to square, questions without image) and
+    """Every question answered once, in the question file's order, in the official record format, also when
+    a run is interrupted and resumed; scored; the report puts the paper's Table 4 beside it. SQA (no pad to square, questions without image) and
     MMBench (base64 images) also run through llama.cpp, token for token as JAX. Answers are cut at 24
     tokens: a random model never stops, and over the official 1024 a near-tie of its flat logits flips
     sooner or later between two float32 runtimes."""
     module = benchmark.module(name)
-    assert eval_cli.vlm_main(["--ckpt", str(ckpt), "--benchmark", name, "--data-root", str(data_root), "--out",
-                              str(tmp_path), "--batch-size", "4", "--devices", "1", "--no-blind",
-                              "--max-new-tokens", "24"]) == 0
-    answers = records.read_records(tmp_path / name / "answers.jsonl")
+    command = ["--ckpt", str(ckpt), "--benchmark", name, "--data-root", str(data_root), "--out", str(tmp_path),
+               "--batch-size", "4", "--devices", "1", "--no-blind", "--max-new-tokens", "24"]
+    assert eval_cli.vlm_main(command) == 0
+    path = tmp_path / name / "answers.jsonl"
+    answers = records.read_records(path)
+    # interrupted after two answers and part of a third: the re-run continues to the same file
+    complete = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(complete[:2]) + complete[2][:20])
+    assert eval_cli.vlm_main(command) == 0
+    assert path.read_text() == "".join(complete)
     questions = module.questions(data_root)
     assert [(str(a["question_id"]), a["prompt"]) for a in answers] == [q.key for q in questions]
     assert all(OFFICIAL_KEYS | set(q.record_extra) <= set(a) for a, q in zip(answers, questions))
