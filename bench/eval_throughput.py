@@ -3,9 +3,10 @@ answering path (prompt building, image preprocessing, generation, record writing
 batch 1 (the official scripts' setting) against the batched engine, and against the exported GGUF files
 in llama.cpp, on the same random-weight VLMs: `tiny` (a 336/14 tower of width 32, a 2-layer LLM) and
 `demo` (the demo's tower, LDP and LLM). Questions: the embedded world's held-out questions (the demo_world
-benchmark), greedy, at most 16 new tokens; every runtime generates the same tokens (checked).
+benchmark), greedy, at most 16 new tokens; every runtime generates the same tokens (checked). Rows "prompt
+only" answer with one new token: the image, tower, projector and prefill without the decode steps.
 
-  python -m bench.eval_throughput [--questions 32] [--batch 16] [--models tiny,demo]
+  python -m bench.eval_throughput [--questions 64] [--batch 16] [--models tiny,demo]
 """
 from __future__ import annotations
 
@@ -64,12 +65,16 @@ def measure(name: str, root: Path, data_root: Path, tokenizer: Path, count: int,
 
     ckpt = build(name, root, tokenizer)
     questions = demo_world.questions(data_root)[:count]
+    count = len(questions)
     tokens = demo_world.MAX_NEW_TOKENS
     rows, seconds, ids = [], {}, {}
-    seconds["jax, batch 1"], ids["jax, batch 1"] = timed(root / f"{name}-b1.jsonl", questions,
-                                                         JaxAnswerer.from_checkpoint(ckpt, batch_size=1), tokens)
-    seconds[f"jax, batch {batch}"], ids[f"jax, batch {batch}"] = timed(
-        root / f"{name}-b{batch}.jsonl", questions, JaxAnswerer.from_checkpoint(ckpt, batch_size=batch), tokens)
+    for size in (1, batch):
+        answerer = JaxAnswerer.from_checkpoint(ckpt, batch_size=size)
+        seconds[f"jax, batch {size}"], ids[f"jax, batch {size}"] = timed(root / f"{name}-b{size}.jsonl", questions,
+                                                                         answerer, tokens)
+        # the prompt alone (one new token): the share of the image, the tower and the prefill
+        seconds[f"jax, batch {size}, prompt only"], _ = timed(root / f"{name}-b{size}-prompt.jsonl", questions,
+                                                              answerer, 1)
     llm, mmproj = export_gguf(ckpt, root / f"gguf-{name}", "f32")
     answerer = LlamaCppAnswerer(llm, mmproj, max_new_tokens=tokens)
     try:
@@ -79,15 +84,14 @@ def measure(name: str, root: Path, data_root: Path, tokenizer: Path, count: int,
         answerer.close()
     reference = ids["jax, batch 1"]
     for runtime, value in seconds.items():
-        same = sum(a == b for a, b in zip(ids[runtime], reference))
-        rows.append(f"| {name} | {runtime} | {count / value:.2f} | {seconds['jax, batch 1'] / value:.2f}x | "
-                    f"{same}/{count} |")
+        same = f"{sum(a == b for a, b in zip(ids[runtime], reference))}/{count}" if runtime in ids else "-"
+        rows.append(f"| {name} | {runtime} | {count / value:.2f} | {seconds['jax, batch 1'] / value:.2f}x | {same} |")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--models", default="tiny,demo")
     args = parser.parse_args()
@@ -96,7 +100,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        generate(root / "data" / "world", size="tiny", image_size=336)
+        generate(root / "data" / "world", size="small", image_size=336)  # 80 held-out questions
         texts = [q["question"] + " " + q["answer"] for q in json.loads((root / "data/world/eval_train.json").read_text())]
         train_tokenizer(texts * 4 + ["A chat between a curious user USER: ASSISTANT:"], 512, root / "tok.model")
         lines = ["| model | runtime | questions/s | against JAX batch 1 | same tokens as JAX batch 1 |",

@@ -2,7 +2,10 @@
 baselines, scores and report, resume after an interruption, processes and devices that split the work
 without changing the answers, llama.cpp (GGUF) answering the same as JAX, and the errors a user meets."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -164,6 +167,24 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
     with pytest.raises(FileNotFoundError, match="filesystem that every process shares"):
         runner.answer_benchmark("demo_world", data_root, tmp_path / "unshared", answerer, limit=5,
                                 process_index=0, process_count=2)
+
+
+def test_two_processes_answer_as_one(world_run, ckpt, data_root, tmp_path):
+    """Two real processes (gloo collectives on loopback) each answer their slice; process 0 merges the
+    parts in question order: the files equal the one-process run's, byte for byte."""
+    from test_multiprocess import free_port
+
+    command = [sys.executable, "-m", "mvlm_jax.cli", "eval", "vlm", "--ckpt", str(ckpt), "--benchmark", "demo_world",
+               "--data-root", str(data_root), "--out", str(tmp_path), "--limit", "5", "--batch-size", "2",
+               "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    processes = [subprocess.Popen(command + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    for name in ("answers.jsonl", "answers_blind.jsonl"):
+        assert (tmp_path / "demo_world" / name).read_text() == (world_run / "demo_world" / name).read_text()
+    assert "demo_world" in outputs[0][0] and not outputs[1][0].strip()  # process 0 reports
+    assert not list((tmp_path / "demo_world").glob("*.part-*"))
 
 
 def test_gguf_files_answer_as_the_checkpoint(world_run, gguf_files, data_root, tmp_path):

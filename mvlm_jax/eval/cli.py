@@ -43,6 +43,9 @@ def _vlm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distributed", action="store_true",
                         help="jax.distributed.initialize() first (SLURM and other clusters are auto-detected); "
                         "each process answers a contiguous slice of the questions")
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a manual multi-process run")
+    parser.add_argument("--num-processes", type=int, help="processes in a manual multi-process run")
+    parser.add_argument("--process-id", type=int, help="this process's index in a manual multi-process run")
     return parser
 
 
@@ -69,8 +72,9 @@ def _run_vlm(args: argparse.Namespace) -> int:
     benchmark.check_files(names, data_root)  # every missing file, before any model is loaded
     import jax
 
-    if args.distributed:
-        jax.distributed.initialize()
+    from mvlm_jax.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     index, count = jax.process_index(), jax.process_count()
     jax_answerer = gguf_answerer = None
     if args.ckpt:

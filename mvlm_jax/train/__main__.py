@@ -5,8 +5,6 @@ Multi-host: on SLURM, TPU VMs and Kubernetes `jax.distributed.initialize()` find
 """
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -21,14 +19,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _initialize_distributed() -> None:
-    import jax
+    from mvlm_jax.distributed import initialize
 
-    if _COORDINATOR.value:
-        if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
 
 
 def _fill_embedded(config, workdir: str) -> None:
