@@ -18,6 +18,7 @@ install:
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
 	.venv/bin/pip install --quiet -e '.[test,eval]'
+	.venv/bin/python -m mvlm_jax.eval.lm_plugin   # `lm_eval --model mvlm_jax` (lm-eval reads no entry points)
 
 test:
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

@@ -3,8 +3,11 @@ equal log-likelihoods (multiple choice through a local-file task, empty contexts
 equal greedy generations cut at stop strings; the Table-3 report and the data-root checks."""
 import functools
 import json
+import os
 import math
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +223,28 @@ def test_lm_eval_command_line_finds_the_model(models, arc_tasks, tmp_path, monke
                         "--tasks", "arc_easy", "--include_path", str(arc_tasks[1]), "--batch_size", "4",
                         "--output_path", str(tmp_path)])
     assert code == 0
+    [written] = list(tmp_path.rglob("results_*.json"))
+    results = json.loads(written.read_text())
+    assert results["config"]["model"] == "mvlm_jax" and results["n-samples"]["arc_easy"]["effective"] == len(ARC_DOCS)
+
+
+def test_the_lm_eval_script_itself_runs_the_model(models, arc_tasks, tmp_path):
+    """`lm_eval --model mvlm_jax ...`, lm-eval's own console script: `make install` put the .pth line of
+    mvlm_jax.eval.lm_plugin into site-packages, which registers the model when that script starts."""
+    import subprocess
+    import sysconfig
+
+    from mvlm_jax.eval import lm_plugin
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / lm_plugin.PTH_NAME
+    assert pth.is_file() and pth.read_text() == lm_plugin.PTH_LINE, "run `make install` (it writes the .pth file)"
+    root, _, _ = models
+    script = Path(sys.executable).parent / "lm_eval"
+    done = subprocess.run([str(script), "--model", "mvlm_jax", "--model_args", f"ckpt={root / 'ckpt'},max_length={MAX_LENGTH}",
+                           "--tasks", "arc_easy", "--include_path", str(arc_tasks[1]), "--batch_size", "4",
+                           "--output_path", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
     [written] = list(tmp_path.rglob("results_*.json"))
     results = json.loads(written.read_text())
     assert results["config"]["model"] == "mvlm_jax" and results["n-samples"]["arc_easy"]["effective"] == len(ARC_DOCS)
