@@ -1,7 +1,7 @@
 """Independent PyTorch reference implementations of MobileVLM's projectors.
 
-Written from the project's fact sheet (shared/spec/mobilevlm.md, section "Projectors") with plain torch
-only (torchvision and timm are not needed). Every module's ``state_dict()`` keys are the official MobileVLM
+Written from the official definitions (Meituan-AutoML/MobileVLM, mobilevlm/model/vision_projector.py, and
+the paper, arXiv 2312.16886) with plain torch only (torchvision and timm are not needed). Every module's ``state_dict()`` keys are the official MobileVLM
 names relative to ``model.mm_projector.``, so
 
     {"model.mm_projector." + k: v for k, v in module.state_dict().items()}

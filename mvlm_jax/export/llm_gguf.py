@@ -1,5 +1,6 @@
 """The language model as GGUF, arch `llama`: tensor names and layouts, hyper-parameters, the SentencePiece
-vocabulary and the chat template (facts in ../shared/spec/gguf.md, "The text model").
+vocabulary and the chat template, as llama.cpp's own converter writes them (ggml-org/llama.cpp
+convert_hf_to_gguf.py and gguf-py/gguf/constants.py, the tree vendored by llama-cpp-python 0.3.36).
 
 Tensors come from the Hugging Face export mapping (convert/families.py), renamed to llama.cpp's names.
 Q and K rows are permuted per head: HF LLaMA rotates halves of a head, llama.cpp's LLAMA graph rotates

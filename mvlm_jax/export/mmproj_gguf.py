@@ -1,5 +1,6 @@
-"""The vision tower and projector as an `mmproj` GGUF (arch `clip`) for llama.cpp's mtmd (facts in
-../shared/spec/gguf.md, "The vision file").
+"""The vision tower and projector as an `mmproj` GGUF (arch `clip`) for llama.cpp's mtmd (what the
+llama.cpp vendored by llama-cpp-python 0.3.36 reads: tools/mtmd/clip.cpp, clip-impl.h and models/llava.cpp;
+the MobileVLM layout of tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py).
 
 The pinned llama.cpp has two defects in its LLaVA-family vision graph; this writer handles both:
 - Depth: without `clip.vision.feature_layer` it runs block_count - 1 blocks. We write exactly the blocks
