@@ -151,7 +151,7 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
     # two "processes", run one after the other here; each answers its contiguous slice, process 0 merges
     answerer = JaxAnswerer.from_checkpoint(ckpt, batch_size=2, devices=jax.devices()[:2])  # rows split over 2 devices
     for index in (1, 0):
-        runner.answer_benchmark("demo_world", data_root, tmp_path, answerer, limit=5, process_index=index,
+        runner.answer_benchmark("demo_world", world_questions(data_root)[:5], tmp_path, answerer, process_index=index,
                                 process_count=2)
     merged = (tmp_path / "demo_world" / "answers.jsonl").read_text()
     assert merged == (world_run / "demo_world" / "answers.jsonl").read_text()
@@ -160,12 +160,12 @@ def test_processes_and_devices_split_the_work_without_changing_answers(world_run
     # a failed process makes every process fail instead of waiting at the barrier
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.asarray([0, 1], np.int32))
     with pytest.raises(RuntimeError, match=r"process\(es\) \[1\] failed"):
-        runner.answer_benchmark("demo_world", data_root, tmp_path / "again", answerer, limit=5, process_index=0,
-                                process_count=2)
+        runner.answer_benchmark("demo_world", world_questions(data_root)[:5], tmp_path / "again", answerer,
+                                process_index=0, process_count=2)
     # process 0 must see the other processes' parts: --out on a shared filesystem
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.zeros(2, np.int32))
     with pytest.raises(FileNotFoundError, match="filesystem that every process shares"):
-        runner.answer_benchmark("demo_world", data_root, tmp_path / "unshared", answerer, limit=5,
+        runner.answer_benchmark("demo_world", world_questions(data_root)[:5], tmp_path / "unshared", answerer,
                                 process_index=0, process_count=2)
 
 

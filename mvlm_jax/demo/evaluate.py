@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mvlm_jax.atomic import atomic_file
-from mvlm_jax.eval import records, report, runner
+from mvlm_jax.eval import benchmark, records, report, runner
 from mvlm_jax.eval.demo_world import score
 
 BENCHMARK = "demo_world"
@@ -46,9 +46,11 @@ def answer_and_score(model_dir: Path, data_root: Path, out: Path, questions: int
     from mvlm_jax.eval.answerers import JaxAnswerer
 
     answerer = JaxAnswerer.from_checkpoint(model_dir, batch_size=BATCH_SIZE)
-    runner.answer_benchmark(BENCHMARK, data_root, out, answerer, runner.MODEL_RUN, limit=questions)
-    runner.answer_benchmark(BENCHMARK, data_root, out, answerer, runner.BLIND_RUN, blind=True, limit=questions)
-    runner.write_majority_answers(BENCHMARK, data_root, out, questions)
+    benchmark.check_files([BENCHMARK], data_root)
+    asked = benchmark.module(BENCHMARK).questions(data_root)[:questions]
+    runner.answer_benchmark(BENCHMARK, asked, out, answerer, runner.MODEL_RUN)
+    runner.answer_benchmark(BENCHMARK, asked, out, answerer, runner.BLIND_RUN, blind=True)
+    runner.write_majority_answers(BENCHMARK, asked, data_root, out)
     scores = report.score_benchmark(BENCHMARK, data_root, out, questions)
     report.write_report(out)
     return scores
@@ -75,7 +77,8 @@ def llamacpp_agreement(files: tuple[Path, Path], data_root: Path, out: Path, que
     run = runner.gguf_run(files[0])
     answerer = LlamaCppAnswerer(files[0], files[1], max_new_tokens=MAX_NEW_TOKENS)
     try:  # answers what an earlier, interrupted run left unanswered (nothing when it finished)
-        runner.answer_benchmark(BENCHMARK, data_root, out, answerer, run, limit=questions)
+        runner.answer_benchmark(BENCHMARK, benchmark.module(BENCHMARK).questions(data_root)[:questions], out,
+                                answerer, run)
     finally:
         answerer.close()
     ours = records.read_records(runner.answers_path(out, BENCHMARK, runner.MODEL_RUN))[:questions]

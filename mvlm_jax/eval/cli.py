@@ -93,17 +93,17 @@ def _run_vlm(args: argparse.Namespace) -> int:
         gguf_answerer = LlamaCppAnswerer(args.gguf, args.mmproj, max_new_tokens=longest)
     try:
         for name in names:
-            common = dict(limit=args.limit, process_index=index, process_count=count,
-                          max_new_tokens=args.max_new_tokens)
+            questions = benchmark.module(name).questions(data_root)[:args.limit]  # once for every run
+            common = dict(process_index=index, process_count=count, max_new_tokens=args.max_new_tokens)
             if jax_answerer is not None:
-                runner.answer_benchmark(name, data_root, out, jax_answerer, runner.MODEL_RUN, **common)
+                runner.answer_benchmark(name, questions, out, jax_answerer, runner.MODEL_RUN, **common)
                 if not args.no_blind:
-                    runner.answer_benchmark(name, data_root, out, jax_answerer, runner.BLIND_RUN, blind=True,
+                    runner.answer_benchmark(name, questions, out, jax_answerer, runner.BLIND_RUN, blind=True,
                                             **common)
             if gguf_answerer is not None:
-                runner.answer_benchmark(name, data_root, out, gguf_answerer, runner.gguf_run(args.gguf), **common)
+                runner.answer_benchmark(name, questions, out, gguf_answerer, runner.gguf_run(args.gguf), **common)
             if index == 0:
-                runner.write_majority_answers(name, data_root, out, args.limit)
+                runner.write_majority_answers(name, questions, data_root, out)
                 report.score_benchmark(name, data_root, out, args.limit)
     finally:
         if gguf_answerer is not None:

@@ -34,6 +34,7 @@ def benchmark_hook(config: ml_collections.ConfigDict, model_config, workdir: Pat
         raise ValueError("config.eval.benchmarks needs config.eval.data_root (the benchmark_data directory)")
     data_root = Path(settings.data_root or embedded_root(config, workdir))
     benchmark.check_files(names, data_root)
+    questions = {name: benchmark.module(name).questions(data_root)[:settings.limit or None] for name in names}
     every = settings.benchmark_every or settings.every
     if not every:
         raise ValueError("config.eval.benchmarks needs config.eval.benchmark_every (or eval.every) > 0")
@@ -52,7 +53,7 @@ def benchmark_hook(config: ml_collections.ConfigDict, model_config, workdir: Pat
                                f"{workdir.name}-step-{context.step}", batch_size=settings.batch_size)
         out = workdir / "eval" / f"step_{context.step:07d}"
         for name in names:
-            runner.answer_benchmark(name, data_root, out, answerer, runner.MODEL_RUN, limit=settings.limit or None,
+            runner.answer_benchmark(name, questions[name], out, answerer, runner.MODEL_RUN,
                                     process_index=jax.process_index(), process_count=jax.process_count())
             if jax.process_index() == 0:
                 scores = report.score_benchmark(name, data_root, out, settings.limit or None)["model"]

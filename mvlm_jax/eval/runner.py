@@ -111,16 +111,16 @@ def _all_processes(work: Callable[[], None], what: str) -> None:
         raise RuntimeError(f"{what}: process(es) {np.flatnonzero(failed).tolist()} failed (see their logs)")
 
 
-def answer_benchmark(name: str, data_root: Path, out: Path, answerer: Answerer, run: str = MODEL_RUN,
-                     blind: bool = False, limit: int | None = None, process_index: int = 0,
-                     process_count: int = 1, max_new_tokens: int | None = None) -> Path:
-    """Answer benchmark `name` (the first `limit` questions) into OUT/<name>/<run file>; returns its path.
-    `max_new_tokens` overrides the official setting (quick runs; every record and the report say so).
-    With process_count > 1 every process calls this with its own index (a collective call).
+def answer_benchmark(name: str, questions: Sequence[Question], out: Path, answerer: Answerer, run: str = MODEL_RUN,
+                     blind: bool = False, process_index: int = 0, process_count: int = 1,
+                     max_new_tokens: int | None = None) -> Path:
+    """Answer `questions` of benchmark `name` (its questions(), or their first N) into OUT/<name>/<run file>;
+    returns its path. The caller loads the questions once for all runs and checks the benchmark's files
+    first (benchmark.check_files). `max_new_tokens` overrides the official setting (quick runs; every
+    record and the report say so). With process_count > 1 every process calls this with its own index
+    (a collective call).
     """
     module = benchmark.module(name)
-    benchmark.check_files([name], data_root)
-    questions = module.questions(Path(data_root))[:limit]
     tokens = max_new_tokens or module.MAX_NEW_TOKENS
     final = answers_path(out, name, run)
     desc = f"{name} {run}"
@@ -154,11 +154,9 @@ def answer_benchmark(name: str, data_root: Path, out: Path, answerer: Answerer, 
     return final
 
 
-def write_majority_answers(name: str, data_root: Path, out: Path, limit: int | None = None) -> Path | None:
-    """The most-frequent-answer baseline as an answers file (None for open answer sets)."""
-    module = benchmark.module(name)
-    questions = module.questions(Path(data_root))[:limit]
-    answers = module.majority_answers(questions, Path(data_root))
+def write_majority_answers(name: str, questions: Sequence[Question], data_root: Path, out: Path) -> Path | None:
+    """The most-frequent-answer baseline for `questions` as an answers file (None for open answer sets)."""
+    answers = benchmark.module(name).majority_answers(questions, Path(data_root))
     if answers is None:
         return None
     path = answers_path(out, name, MAJORITY_RUN)
