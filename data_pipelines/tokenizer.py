@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -21,6 +21,8 @@ import sentencepiece as spm
 from data_pipelines.documents import expand_inputs, iter_documents
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+# SentencePiece's BPE merges differ with the number of trainer threads: one fixed count everywhere.
+TRAINER_THREADS = 16
 
 # LLaMA-2's trainer settings, as its tokenizer.model's own trainer_spec records them.
 LLAMA2_TRAINER_SETTINGS = dict(
@@ -86,17 +88,26 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLike,
-                    max_sentences: int = 10_000_000, num_threads: int | None = None) -> Tokenizer:
-    """Train a LLaMA-2-style SentencePiece model on `texts` and write it atomically to `out`."""
+                    max_sentences: int = 10_000_000, num_threads: int = TRAINER_THREADS) -> Tokenizer:
+    """Train a LLaMA-2-style SentencePiece model on `texts` and write it atomically to `out`.
+
+    Deterministic: the same texts give the same model file. SentencePiece's sentence shuffle draws from
+    an unseeded generator (two runs of the demo trained different tokenizers), so it is off and the first
+    `max_sentences` sentences are used; the BPE result also depends on the thread count, so that is fixed
+    rather than taken from the machine."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.partial-") as scratch:
-        prefix = Path(scratch) / "tok"
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts), model_prefix=str(prefix), vocab_size=vocab_size,
-            input_sentence_size=max_sentences, shuffle_input_sentence=True,
-            num_threads=num_threads or os.cpu_count() or 1, minloglevel=2, **LLAMA2_TRAINER_SETTINGS)
-        os.replace(f"{prefix}.model", out)
+    model = io.BytesIO()  # no model_prefix: the file would record that (temporary) path
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size,
+        input_sentence_size=max_sentences, shuffle_input_sentence=False,
+        num_threads=num_threads, minloglevel=2, **LLAMA2_TRAINER_SETTINGS)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        partial.write_bytes(model.getvalue())
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return Tokenizer(out)
 
 
@@ -106,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", nargs="+", required=True, help="JSON lines (.gz/.zst) with 'text', or .txt files")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--out", required=True, help="path of the .model file to write")
-    parser.add_argument("--max-sentences", type=int, default=10_000_000)
+    parser.add_argument("--max-sentences", type=int, default=10_000_000, help="train on the first N sentences")
     args = parser.parse_args(argv)
     try:
         inputs = expand_inputs(args.input)

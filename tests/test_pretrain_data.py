@@ -2,6 +2,9 @@
 import gzip
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +62,20 @@ def test_tokenizer_has_llama2_ids_and_byte_fallback(corpus):
     assert [tokenizer.piece(i) for i in tokenizer.encode("2024")][-4:] == ["2", "0", "2", "4"]  # digits split
     import hashlib
     assert tokenizer.sha256 == hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
+
+
+def test_tokenizer_training_is_deterministic(corpus, tmp_path):
+    """The same texts give the same model file, in this process and in another one (SentencePiece's
+    sentence shuffle was seeded from the machine: two `make demo` runs trained different tokenizers)."""
+    root, tokenizer, docs = corpus
+    again = train_tokenizer(docs, 320, tmp_path / "again.model")
+    assert again.path.read_bytes() == tokenizer.path.read_bytes()
+    script = ("import json, sys; from data_pipelines.tokenizer import train_tokenizer; "
+              "train_tokenizer(json.load(open(sys.argv[1])), 320, sys.argv[2])")
+    (tmp_path / "docs.json").write_text(json.dumps(docs))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "docs.json"), str(tmp_path / "other.model")],
+                   check=True, cwd=Path(__file__).parents[1])
+    assert (tmp_path / "other.model").read_bytes() == tokenizer.path.read_bytes()
 
 
 def test_shards_hold_every_document_then_eos_in_input_order(corpus, shards):
