@@ -20,6 +20,7 @@ COMMANDS = {
     "data shard": ("data_pipelines.shards", "tokenize corpora into memory-mapped token shards"),
     "data check": ("data_pipelines.check", "validate a llava / sharegpt / text dataset file"),
     "data embedded": ("data_pipelines.embedded.generate", "generate the embedded default dataset"),
+    "data shuffle-images": ("data_pipelines.shuffle_images", "the image-shuffled control of a LLaVA file"),
 }
 
 

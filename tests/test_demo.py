@@ -38,3 +38,28 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
         assert f"{stage}: done before, reusing" in second.stdout
         assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2  # not trained again
     assert json.loads((tmp_path / "summary.json").read_text())["agreement"] == summary["agreement"]
+
+
+def test_most_frequent_baseline_comes_from_the_training_split(tmp_path):
+    """The most-frequent-answer baseline is each type's most frequent answer among the training scenes'
+    questions (eval_train.json): it never reads the held-out answers it is scored against."""
+    import collections
+
+    from data_pipelines.embedded.generate import generate
+    from mvlm_jax.eval import demo_world
+
+    generate(tmp_path / "world", size="tiny", image_size=48)
+    train = json.loads((tmp_path / "world" / "eval_train.json").read_text())
+    counts = collections.defaultdict(collections.Counter)
+    for item in train:
+        counts[item["type"]][item["answer"].lower()] += 1
+    expected = {kind: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for kind, c in counts.items()}
+    questions = demo_world.questions(tmp_path)
+    baseline = demo_world.majority_answers(questions, tmp_path)
+    assert baseline == [expected[q.category] for q in questions]
+
+    held_out = tmp_path / "world" / "eval_test.json"
+    items = json.loads(held_out.read_text())
+    held_out.write_text(json.dumps([{**item, "answer": "only in the test split"} for item in items]))
+    assert demo_world.majority_answers(demo_world.questions(tmp_path), tmp_path) == baseline
+    assert "only in the test split" not in baseline
