@@ -201,3 +201,20 @@ def test_cli_matches_the_function(tmp_path, tiny):
     subprocess.run([sys.executable, "-m", "data_pipelines.embedded", "--out", str(tmp_path / "cli"), "--size",
                     "tiny", "--image-size", str(IMAGE_SIZE)], cwd=ROOT, check=True, capture_output=True)
     assert (tmp_path / "cli" / "manifest.json").read_bytes() == (tiny / "manifest.json").read_bytes()
+
+
+def test_image_conversations_ask_distinct_questions_within_the_turn_range():
+    """`turns` bounds the question-answer turns of an image conversation (the demo size asks 4 to 8, as
+    mix665k groups several VQA questions of one image); the questions are distinct, the image is opened once."""
+    import numpy as np
+
+    counts = collections.Counter()
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        scene = world.sample_scene(rng)
+        conv = world.image_conversation(scene, rng, turns=emb.SIZES["demo"]["turns"])
+        questions = [m["value"].removeprefix("<image>\n") for m in conv[::2]]
+        assert len(set(questions)) == len(questions)
+        assert conv[0]["value"].startswith("<image>\n") and sum("<image>" in m["value"] for m in conv) == 1
+        counts[len(questions)] += 1
+    assert emb.SIZES["demo"]["turns"] == (4, 8) and set(counts) == set(range(4, 9))

@@ -146,3 +146,21 @@ def test_configs_round_trip_through_json_and_reject_unknown_keys():
     data["config"]["hidden_sise"] = 3
     with pytest.raises(ValueError, match="hidden_sise"):
         from_dict(data)
+
+
+def test_sincos2d_position_embeddings_start_as_big_visions_table():
+    """posemb_init="sincos2d": the table of big_vision's posemb_sincos_2d, written out here from its
+    definition (rows row-major over the patch grid, columns sin x | cos x | sin y | cos y), a zero row for
+    the class token; "normal" keeps CLIP's std 0.02."""
+    side, width = 4, 8
+    config = dataclasses.replace(VISION_PRESETS["tiny"], image_size=side * 8, patch_size=8, width=width,
+                                 num_heads=2, posemb_init="sincos2d")
+    table = np.asarray(init_params(config, jax.random.key(0))["position_embedding"])
+    omega = 1.0 / 10_000.0 ** (np.arange(width // 4) / (width // 4 - 1))
+    for row, col in ((0, 0), (1, 3), (3, 2)):
+        x, y = col * omega, row * omega
+        expected = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)])
+        np.testing.assert_allclose(table[1 + row * side + col], expected, atol=1e-6)  # row 0: class token
+    np.testing.assert_array_equal(table[0], 0.0)
+    normal = np.asarray(init_params(dataclasses.replace(config, posemb_init="normal"), jax.random.key(0))["position_embedding"])
+    assert 0.01 < normal.std() < 0.03

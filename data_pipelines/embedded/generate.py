@@ -27,12 +27,13 @@ SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 TEXT_ONLY_FRACTION = 0.1  # share of llava_instruct records without an image, as in LLaVA mix665k
 # Totals over the three splits; each is divided by SPLIT_FRACTIONS.
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"scenes": 120, "corpus": 150, "sharegpt": 90},
-    "small": {"scenes": 800, "corpus": 2000, "sharegpt": 800},
-    "demo": {"scenes": 4000, "corpus": 8000, "sharegpt": 3000},
+# `turns`: fewest and most question-answer turns per image conversation (llava_instruct).
+SIZES: dict[str, dict] = {
+    "tiny": {"scenes": 120, "corpus": 150, "sharegpt": 90, "turns": (1, 3)},
+    "small": {"scenes": 800, "corpus": 2000, "sharegpt": 800, "turns": (1, 3)},
+    "demo": {"scenes": 4000, "corpus": 8000, "sharegpt": 3000, "turns": (4, 8)},
 }
-FORMAT, VERSION = "mvlm-embedded", 1
+FORMAT, VERSION = "mvlm-embedded", 2  # 2: the demo size asks 4 to 8 questions per image conversation
 CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption for the picture.",
                    "What does the image show?", "Give a one-line description of this image.")
 # Stream ids keep the random sequences of different outputs independent of one another.
@@ -98,7 +99,7 @@ def _up_to_date(out: Path, manifest: dict | None, params: dict) -> bool:
 
 
 def _write_split(w: _Writer, split: int, name: str, scene_ids: list[int], seed: int, image_size: int,
-                 n_corpus: int, n_sharegpt: int) -> dict[str, int]:
+                 n_corpus: int, n_sharegpt: int, turns: tuple[int, int]) -> dict[str, int]:
     captions, instruct, evals, scenes = [], [], [], []
     for turn, idx in enumerate(scene_ids):
         sid = f"{idx:06d}"
@@ -110,7 +111,7 @@ def _write_split(w: _Writer, split: int, name: str, scene_ids: list[int], seed: 
         captions.append({"id": sid, "image": image, "conversations": [
             {"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": world.caption(scene)}]})
         instruct.append({"id": sid, "image": image,
-                         "conversations": world.image_conversation(scene, _rng(_CONV, seed, idx))})
+                         "conversations": world.image_conversation(scene, _rng(_CONV, seed, idx), turns)})
         evals.append({"id": sid, "image": image, **world.eval_question(scene, _rng(_EVAL, seed, idx), turn)})
     n_text = round(len(scene_ids) * TEXT_ONLY_FRACTION / (1 - TEXT_ONLY_FRACTION))
     rng = _rng(_TEXT, seed, split)
@@ -155,7 +156,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo", imag
     for i, (name, ids) in enumerate(split_scenes(counts["scenes"], seed).items()):
         frac = SPLIT_FRACTIONS[name]
         splits[name] = _write_split(w, i, name, ids, seed, image_size,
-                                    round(counts["corpus"] * frac), round(counts["sharegpt"] * frac))
+                                    round(counts["corpus"] * frac), round(counts["sharegpt"] * frac),
+                                    counts["turns"])
     for rel in set((old or {}).get("files", {})) - set(w.files):  # only files an earlier run of ours wrote
         if (out / rel).resolve().is_relative_to(out.resolve()):
             (out / rel).unlink(missing_ok=True)

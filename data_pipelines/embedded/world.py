@@ -198,12 +198,15 @@ def image_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     return qs
 
 
-def image_conversation(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:
-    """1 to 3 question-answer turns; "<image>\\n" opens the first human turn and appears nowhere else."""
+def image_conversation(scene: Scene, rng: np.random.Generator, turns: tuple[int, int] = (1, 3)
+                       ) -> list[dict[str, str]]:
+    """`turns` = (fewest, most) question-answer turns about the scene, distinct questions in random order;
+    "<image>\\n" opens the first human turn and appears nowhere else. Several questions of one image in one
+    conversation is how LLaVA-1.5's mix665k holds VQAv2 and GQA: one image pass supervises several answers."""
     qs = image_questions(scene, rng)
-    turns = [qs[int(i)] for i in rng.permutation(len(qs))[: int(rng.integers(1, 4))]]
+    asked = [qs[int(i)] for i in rng.permutation(len(qs))[: int(rng.integers(turns[0], turns[1] + 1))]]
     conv = []
-    for i, (_, q, a) in enumerate(turns):
+    for i, (_, q, a) in enumerate(asked):
         conv += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
     return conv
 

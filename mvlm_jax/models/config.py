@@ -82,6 +82,10 @@ class VisionConfig:
     select_layer: int = -2  # HF hidden_states index: 0 is the pre-LN embedding output, i the output of block i
     class_token: bool = True  # False: a tower without a class token (no slot for it in position embeddings)
     select_feature: Literal["patch", "cls_patch"] = "patch"
+    # Initial position embeddings: "normal" (CLIP's, std 0.02: for towers whose weights are then loaded)
+    # or "sincos2d" (a 2-D sine-cosine table, as big_vision and MAE start a ViT trained from scratch: a
+    # random tower keeps where each patch is; with std 0.02 the patch content drowns it).
+    posemb_init: Literal["normal", "sincos2d"] = "normal"
     dtype: ComputeDtype = "float32"
     remat_policy: RematPolicy = "none"
 

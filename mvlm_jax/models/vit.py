@@ -45,6 +45,32 @@ class EncoderBlock(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
 
 
+def posemb_sincos2d(side: int, width: int, temperature: float = 10_000.0) -> jax.Array:
+    """[side * side, width] 2-D sine-cosine position table, rows in patch order (row-major):
+    width / 4 frequencies each for sin(x), cos(x), sin(y), cos(y) (big_vision's posemb_sincos_2d)."""
+    if width % 4:
+        raise ValueError(f"sincos2d position embeddings need a width divisible by 4, got {width}")
+    y, x = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing="ij")
+    omega = 1.0 / temperature ** (jnp.arange(width // 4) / max(width // 4 - 1, 1))
+    x = x.reshape(-1, 1) * omega[None]
+    y = y.reshape(-1, 1) * omega[None]
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+
+
+def sincos2d_init(config: VisionConfig):
+    """Initializer of position_embedding [num_positions, width]: the sincos2d table, a zero row first for
+    the class token."""
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        del key
+        table = posemb_sincos2d(config.image_size // config.patch_size, config.width)
+        if config.class_token:
+            table = jnp.concatenate([jnp.zeros((1, config.width)), table])
+        assert table.shape == tuple(shape), (table.shape, shape)
+        return table.astype(dtype)
+
+    return init
+
+
 class VisionTower(nn.Module):
     config: VisionConfig
 
@@ -64,8 +90,8 @@ class VisionTower(nn.Module):
                                          (cfg.width,))
             class_tokens = jnp.broadcast_to(class_embedding.astype(dtype), (x.shape[0], 1, cfg.width))
             x = jnp.concatenate([class_tokens, x], axis=1)
-        position_embedding = self.param("position_embedding",
-                                        param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
+        init = nn.initializers.normal(0.02) if cfg.posemb_init == "normal" else sincos2d_init(cfg)
+        position_embedding = self.param("position_embedding", param_with_axes(init, (None, "embed")),
                                         (cfg.num_positions, cfg.width))
         x = x + position_embedding.astype(dtype)[None]
         x = LayerNorm(cfg.layer_norm_eps, dtype, name="pre_norm")(x)
