@@ -49,9 +49,13 @@ def get_config(arg=None):
         if args.get("cls") == "1":  # the same tower with a class token (bench.cls_defect)
             c.model.vision_overrides = {"class_token": True}
         c.data.embedded.files = recipe["files"]
+        if stage == "1":
+            # The paper freezes the LLM here because CLIP's features are already readable; behind this
+            # tiny frozen LLM the projector only learned a constant soft prompt (docs/TRAINING.md).
+            c.train.trainable = (r"^projector/", r"^llm/")
         # Rows sized to the samples (captions 154-181 tokens with their 144 visual ones, two per row;
-        # conversations median 301, one per row) so that little of each step is padding.
-        c.data.update(seq_len=384, images_per_row=2 if stage == "1" else 1)
+        # conversations of 4 to 8 turns 380 on average, at most 504, one per row).
+        c.data.update(seq_len=384 if stage == "1" else 512, images_per_row=2 if stage == "1" else 1)
         c.train.update(total_steps={"1": 120, "2": 560, "lora": 560}[stage], batch_size=8)
         c.optim.warmup_steps = 10
         c.checkpoint.every = 100
