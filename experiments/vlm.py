@@ -9,7 +9,8 @@ Stage 1: LCS-558K captions, `plain` template, no pad, projector only, lr 1e-3, b
 Stage 2: mix665k, `vicuna_v1`, pad, projector + LLM, lr 2e-5 (1.7B) / 4e-5 (3B), batch 128, 1 epoch.
 LoRA: stage-2 data, adapters r 128, alpha 256, dropout 0.05 on every LLM Linear plus the projector,
 lr 1e-4 (1.7B) / 2e-4 (3B). All: no weight decay, 3 % warmup, cosine to 0, AdamW (0.9, 0.999), bf16.
-The vision tower is always frozen.
+The vision tower is always frozen. The demo size (a tiny LLM trained here, a random tower) trains the LLM
+in stage 1 too: behind its frozen LLM the projector learned a constant soft prompt (docs/TRAINING.md).
 """
 from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
 
