@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines.atomic import write_bytes
 from data_pipelines.documents import Document, expand_inputs, iter_file_documents
 from data_pipelines.tokenizer import Tokenizer
 from data_pipelines.validate import SkipReport
@@ -128,9 +129,7 @@ def _complete(out_dir: Path, identity: dict) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(partial, path)
+    write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def write_shards(inputs: Sequence[str], tokenizer: Tokenizer, out_dir: str | os.PathLike, workers: int = 1,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from data_pipelines.atomic import write_bytes
 from data_pipelines.records import Problem, iter_records
 
 
@@ -55,12 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     records = shuffle_images([item.data for item in items], args.seed)
     out = Path(args.output)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        partial.write_text(json.dumps(records, indent=1) + "\n")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_bytes(out, (json.dumps(records, indent=1) + "\n").encode())
     moved = sum(a.get("image") != b.get("image") for a, b in zip(records, (item.data for item in items)))
     print(f"{out}: {len(records)} records, {sum('image' in r for r in records)} with an image, "
           f"{moved} of them now with another record's image")

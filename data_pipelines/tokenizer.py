@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from data_pipelines.atomic import write_bytes
 from data_pipelines.documents import expand_inputs, iter_documents
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -102,12 +103,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
         sentence_iterator=_lines(texts), model_writer=model, vocab_size=vocab_size,
         input_sentence_size=max_sentences, shuffle_input_sentence=False,
         num_threads=num_threads, minloglevel=2, **LLAMA2_TRAINER_SETTINGS)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        partial.write_bytes(model.getvalue())
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_bytes(out, model.getvalue())
     return Tokenizer(out)
 
 

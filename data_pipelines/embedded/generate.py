@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.atomic import write_bytes
 from . import world
 
 SPLITS = ("train", "val", "test")
@@ -65,12 +66,7 @@ class _Writer:
     def bytes(self, rel: str, data: bytes) -> None:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_bytes(path, data)
         self.files[rel] = _sha256(data)
 
     def json(self, rel: str, obj) -> None:
