@@ -21,13 +21,14 @@ install:
 	.venv/bin/python -m mvlm_jax.eval.lm_plugin   # `lm_eval --model mvlm_jax` (lm-eval reads no entry points)
 
 test:
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
 	$(PY) -m bench.train_throughput
 	$(PY) -m bench.projector_backward
+	$(PY) -m bench.attention
 	$(PY) -m bench.generate_throughput
 	$(PY) -m bench.edge_latency
 	$(PY) -m bench.eval_throughput

@@ -10,14 +10,13 @@ compiles its step (train/step.py CPU_COMPILER_OPTIONS).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 
-from bench.report import append_result
+from bench.report import append_result, mean_seconds
 from mvlm_jax.models import projectors
 from mvlm_jax.models.config import PROJECTOR_PRESETS
 from mvlm_jax.train.step import CPU_COMPILER_OPTIONS
@@ -34,12 +33,7 @@ def seconds_per_grad(kind: str, shape: str, repeats: int) -> float:
     weights = jax.random.normal(jax.random.key(2), jax.eval_shape(lambda: model.apply({"params": params}, features)).shape)
     loss = lambda p, f: jnp.sum(model.apply({"params": p}, f) * weights)  # noqa: E731
     step = jax.jit(jax.grad(loss, (0, 1)), compiler_options=CPU_COMPILER_OPTIONS)
-    jax.block_until_ready(step(params, features))
-    started = time.perf_counter()
-    for _ in range(repeats):
-        grads = step(params, features)
-    jax.block_until_ready(grads)
-    return (time.perf_counter() - started) / repeats
+    return mean_seconds(step, params, features, repeats=repeats)
 
 
 def main() -> None:

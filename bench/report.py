@@ -1,11 +1,14 @@
-"""Benchmark results in docs/PERFORMANCE.md: the current figure of each benchmark, with date, machine and command."""
+"""Benchmark results in docs/PERFORMANCE.md: the current figure of each benchmark, with date, machine and
+command; and the one timing loop of the jitted-function benchmarks."""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
 import re
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from mvlm_jax.atomic import atomic_file
 
@@ -29,6 +32,19 @@ def machine_description() -> str:
     devices = jax.devices()
     return (f"{platform.machine()} {cpu_model()}, {os.cpu_count()} CPU cores, "
             f"{devices[0].platform} x{len(devices)} ({devices[0].device_kind}), jax {jax.__version__}").replace("  ", " ")
+
+
+def mean_seconds(fn: Callable[..., Any], *args: Any, repeats: int = 10) -> float:
+    """Mean wall seconds of `fn(*args)` (a jitted function) over `repeats` calls after one warm-up call that
+    compiles it; waits for the device before reading the clock."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - started) / repeats
 
 
 def append_result(report: Path, title: str, command: str, lines: list[str], note: str = "") -> None:

@@ -1,4 +1,15 @@
-"""8 fake CPU devices for the sharding tests; must run before anything touches a JAX backend."""
-import jax
+"""Set before anything touches a JAX backend: 8 fake CPU devices for the sharding tests, and one persistent
+compilation cache for the whole test session (both xdist workers and the trainer subprocesses, which
+inherit the environment): many tests compile the same tiny programs, and the demo test trains the same
+stages three times."""
+import os
+from pathlib import Path
+
+# The file lock that a size limit brings keeps two workers from reading an entry while it is written.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -49,7 +49,8 @@ class LlamaConfig:
     # Layers per iteration of the layer scan; num_layers unrolls it fully (no loop and no stacked
     # per-layer residual buffers: faster on CPU, slower to compile). Same math and parameter tree.
     scan_unroll: int = 1
-    attention_impl: Literal["xla", "cudnn"] | None = None  # None: let JAX choose
+    # None: let JAX choose; "causal_blocks": XLA per query block over the keys before it (CPU, see layers)
+    attention_impl: Literal["xla", "cudnn", "causal_blocks"] | None = None
     lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:

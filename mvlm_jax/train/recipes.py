@@ -53,3 +53,6 @@ def embedded_demo(c: ml_collections.ConfigDict) -> None:
     """`demo` size: the embedded dataset's demo split with 336-pixel images (the demo tower's 24x24 grid),
     one shared data directory when `data.embedded.root` is set (make demo sets it)."""
     c.data.embedded.update(enabled=True, size="demo", image_size=336)
+    # XLA:CPU's dense attention computes every masked score; rows of 512 train about 2x faster per attention
+    # layer without the blocks after the diagonal (bench.attention, docs/PERFORMANCE.md).
+    c.model.llm_overrides = {"attention_impl": "causal_blocks"}
