@@ -108,8 +108,9 @@ def test_unrolled_layer_scan_gives_the_same_outputs_and_gradients():
 
 def test_causal_block_attention_matches_dense_attention_with_gradients():
     from mvlm_jax.models.layers import attention, segment_causal_mask
-    length = 300  # blocks of 128, 128 and 44: the last one is short
-    q, k, v, w = (jax.random.normal(jax.random.key(i), (2, length, 4, 8)) for i in range(4))
+    length = 300  # blocks of 128, 128 and 44: the last one is short; 4 query heads over 2 KV heads
+    q, w = (jax.random.normal(jax.random.key(i), (2, length, 4, 8)) for i in range(2))
+    k, v = (jax.random.normal(jax.random.key(i), (2, length, 2, 8)) for i in range(2, 4))
     segments = jnp.asarray(np.repeat([[1, 2, 3, 0]], [100, 90, 70, 40], axis=1).repeat(2, 0), jnp.int32)
     mask = segment_causal_mask(segments)
 
@@ -128,6 +129,8 @@ def test_causal_block_attention_matches_dense_attention_with_gradients():
                                np.asarray(build_model(TINY).apply({"params": params}, tokens)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="q_len == kv_len"):
         attention(q, k[:, :200], v[:, :200], mask[..., :200], "causal_blocks")
+    with pytest.raises(ValueError, match="mask=None"):
+        attention(q, k, v, None, "causal_blocks")
 
 
 def test_lora_starts_as_the_base_model_and_merges_exactly():

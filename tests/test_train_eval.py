@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -52,30 +51,20 @@ def pretrain_config(data, every):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
     """An uninterrupted run with validation every 2 steps, and one without validation stopped by a hook at
-    step 3 (checkpoint at 2), then resumed with validation on. The runs compile the same programs: a
-    persistent compilation cache for this module's runs saves most of the second and third compile."""
+    step 3 (checkpoint at 2), then resumed with validation on. The runs compile the same programs, which
+    the test session's persistent compilation cache (conftest.py) compiles once."""
     base = tmp_path_factory.mktemp("runs")
-    saved = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir",
-                                                          "jax_persistent_cache_min_compile_time_secs")}
-    jax.config.update("jax_compilation_cache_dir", str(base / "jit_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-        reference = train(pretrain_config(data, EVERY), str(base / "reference"))
-        calls = []
+    reference = train(pretrain_config(data, EVERY), str(base / "reference"))
+    calls = []
 
-        def stop(context):
-            calls.append(context.step)
-            raise Interrupted
+    def stop(context):
+        calls.append(context.step)
+        raise Interrupted
 
-        with pytest.raises(Interrupted):
-            train(pretrain_config(data, 0), str(base / "resumed"), hooks=[Hook("stop", 3, stop, at_last=False)])
-        before = records(base / "resumed")
-        resumed = train(pretrain_config(data, EVERY), str(base / "resumed"))
-    finally:
-        for name, value in saved.items():
-            jax.config.update(name, value)
-        from jax.experimental.compilation_cache import compilation_cache
-        compilation_cache.reset_cache()
+    with pytest.raises(Interrupted):
+        train(pretrain_config(data, 0), str(base / "resumed"), hooks=[Hook("stop", 3, stop, at_last=False)])
+    before = records(base / "resumed")
+    resumed = train(pretrain_config(data, EVERY), str(base / "resumed"))
     return {"base": base, "reference": reference, "resumed": resumed, "stop_calls": calls, "before": before}
 
 

@@ -55,4 +55,4 @@ def embedded_demo(c: ml_collections.ConfigDict) -> None:
     c.data.embedded.update(enabled=True, size="demo", image_size=336)
     # XLA:CPU's dense attention computes every masked score; rows of 512 train about 2x faster per attention
     # layer without the blocks after the diagonal (bench.attention, docs/PERFORMANCE.md).
-    c.model.llm_overrides = {"attention_impl": "causal_blocks"}
+    c.model.llm_overrides.attention_impl = "causal_blocks"
