@@ -137,8 +137,6 @@ def causal_block_attention(query: jax.Array, key: jax.Array, value: jax.Array, m
     length = query.shape[1]
     if key.shape[1] != length:
         raise ValueError(f"causal block attention needs q_len == kv_len, got {length} and {key.shape[1]}")
-    if length <= block:
-        return jax.nn.dot_product_attention(query, key, value, mask=mask)
     outs = []
     for start in range(0, length, block):
         stop = min(start + block, length)
