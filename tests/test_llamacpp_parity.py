@@ -101,6 +101,18 @@ def test_image_embeddings_without_class_token_are_exact(tmp_path, projector):
     assert _close(got, correct), (np.abs(got - correct).max(), gguf_helpers.cosine(got, correct))
 
 
+def test_tower_that_ends_at_its_embeddings_runs_exactly(tmp_path):
+    """select_layer 0 (the demo's random tower: patch and position embeddings, pre-norm, no block) is
+    written as block_count 0, and llama.cpp runs it exactly."""
+    config = gguf_helpers.vlm_config("ldp", class_token=False)
+    config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, num_layers=0, select_layer=0))
+    _, params = gguf_helpers.checkpoint(tmp_path / "ckpt", config)
+    assert "layers" not in params["vision"]
+    got, _, correct = _embeddings(tmp_path, config, params)
+    assert got.shape == (config.num_visual_tokens, config.llm.hidden_size)
+    assert _close(got, correct), (np.abs(got - correct).max(), gguf_helpers.cosine(got, correct))
+
+
 @pytest.mark.parametrize("projector, cls", [("ldp", "keep"), ("ldpv2", "keep"), ("mlp2x_gelu", "keep"),
                                             ("ldp", "reorder"), ("ldp", "drop")])
 def test_class_token_towers_run_as_the_model_of_llamacpp_predicts(tmp_path, projector, cls):
