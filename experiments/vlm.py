@@ -47,8 +47,9 @@ def get_config(arg=None):
         return c
     if size == "demo":  # 336-pixel images for the demo tower (llama.cpp's 24x24 grid, no class token)
         embedded_demo(c)
-        if args.get("cls") == "1":  # the same tower with a class token (bench.cls_defect)
-            c.model.vision_overrides = {"class_token": True}
+        if args.get("cls") == "1":  # a tower with a class token (bench.cls_defect); it needs blocks to
+            # matter, so this is the earlier demo tower: 3 blocks, hidden_states[-2]
+            c.model.vision_overrides = {"class_token": True, "num_layers": 3, "select_layer": -2}
         c.data.embedded.files = recipe["files"]
         if stage == "1":
             # The paper freezes the LLM here because CLIP's features are already readable; behind this

@@ -7,7 +7,7 @@ interrupted training stage resumes from its last checkpoint):
   1. data      the embedded world (336-pixel images), a SentencePiece tokenizer, token shards
   2. pretrain  tiny MobileLLaMA on the corpus                 experiments/pretrain.py:demo
   3. sft       vicuna_v1 chat on the ShareGPT-style file       experiments/sft.py:demo
-  4. vlm1      projector only, captions (`plain`)              experiments/vlm.py:size=demo,stage=1
+  4. vlm1      projector + LLM, captions (`plain`)             experiments/vlm.py:size=demo,stage=1
   5. vlm2      projector + LLM, image instructions             experiments/vlm.py:size=demo,stage=2
   6. eval      greedy answers (JAX, KV cache) to held-out image questions (the demo_world benchmark of
                mvlm_jax.eval), beside two baselines: the model with the image withheld, and the most
