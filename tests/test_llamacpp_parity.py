@@ -90,26 +90,18 @@ def _close(got, reference) -> bool:
     return np.abs(got - reference).max() <= 5e-3 * np.abs(reference).max() and gguf_helpers.cosine(got, reference) > 0.9999
 
 
-@pytest.mark.parametrize("projector", ["ldp", "ldpv2", "mlp2x_gelu"])
-def test_image_embeddings_without_class_token_are_exact(tmp_path, projector):
-    """A tower without a class token (what the demo trains) runs in llama.cpp exactly as in JAX."""
+@pytest.mark.parametrize("projector, blocks", [("ldp", 3), ("ldpv2", 3), ("mlp2x_gelu", 3), ("ldp", 0)])
+def test_image_embeddings_without_class_token_are_exact(tmp_path, projector, blocks):
+    """A tower without a class token (what the demo trains) runs in llama.cpp exactly as in JAX, also with
+    0 blocks (select_layer 0, the demo's random tower: embeddings and pre-norm)."""
     config = gguf_helpers.vlm_config(projector, class_token=False)
+    if not blocks:
+        config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, num_layers=0, select_layer=0))
     _, params = gguf_helpers.checkpoint(tmp_path / "ckpt", config)
+    assert ("layers" in params["vision"]) == bool(blocks)
     got, modelled, correct = _embeddings(tmp_path, config, params)
     assert got.shape == (config.num_visual_tokens, config.llm.hidden_size)
     np.testing.assert_array_equal(modelled, correct)  # nothing to model: llama.cpp's order is ours
-    assert _close(got, correct), (np.abs(got - correct).max(), gguf_helpers.cosine(got, correct))
-
-
-def test_tower_that_ends_at_its_embeddings_runs_exactly(tmp_path):
-    """select_layer 0 (the demo's random tower: patch and position embeddings, pre-norm, no block) is
-    written as block_count 0, and llama.cpp runs it exactly."""
-    config = gguf_helpers.vlm_config("ldp", class_token=False)
-    config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, num_layers=0, select_layer=0))
-    _, params = gguf_helpers.checkpoint(tmp_path / "ckpt", config)
-    assert "layers" not in params["vision"]
-    got, _, correct = _embeddings(tmp_path, config, params)
-    assert got.shape == (config.num_visual_tokens, config.llm.hidden_size)
     assert _close(got, correct), (np.abs(got - correct).max(), gguf_helpers.cosine(got, correct))
 
 

@@ -74,15 +74,15 @@ def clip_mapping(config: VisionConfig, prefix: str = "vision_model.") -> Mapping
                Entry(("pre_norm", "bias"), f"{prefix}pre_layrnorm.bias")]
     if config.class_token:
         entries.append(Entry(("class_embedding",), f"{prefix}embeddings.class_embedding"))
-    linears = [("attn_q_proj", "self_attn.q_proj"), ("attn_k_proj", "self_attn.k_proj"),
-               ("attn_v_proj", "self_attn.v_proj"), ("attn_out_proj", "self_attn.out_proj"),
-               ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")]
-    for ours, theirs in linears if layers else []:  # select_layer 0: the embeddings alone, no block built
-        entries.append(Entry(("layers", ours, "kernel"), f"{layer}{theirs}.weight", transpose, transpose, layers))
-        entries.append(Entry(("layers", ours, "bias"), f"{layer}{theirs}.bias", layers=layers))
-    for norm in ("layer_norm1", "layer_norm2") if layers else ():
-        entries.append(Entry(("layers", norm, "scale"), f"{layer}{norm}.weight", layers=layers))
-        entries.append(Entry(("layers", norm, "bias"), f"{layer}{norm}.bias", layers=layers))
+    if layers:  # select_layer 0 builds no block (the embeddings alone), so there are none to map
+        for ours, theirs in [("attn_q_proj", "self_attn.q_proj"), ("attn_k_proj", "self_attn.k_proj"),
+                             ("attn_v_proj", "self_attn.v_proj"), ("attn_out_proj", "self_attn.out_proj"),
+                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")]:
+            entries.append(Entry(("layers", ours, "kernel"), f"{layer}{theirs}.weight", transpose, transpose, layers))
+            entries.append(Entry(("layers", ours, "bias"), f"{layer}{theirs}.bias", layers=layers))
+        for norm in ("layer_norm1", "layer_norm2"):
+            entries.append(Entry(("layers", norm, "scale"), f"{layer}{norm}.weight", layers=layers))
+            entries.append(Entry(("layers", norm, "bias"), f"{layer}{norm}.bias", layers=layers))
     escaped = re.escape(prefix)
     unused_layers = "|".join(str(i) for i in range(layers, config.num_layers))
     ignored = [rf"{escaped}post_layernorm\.(weight|bias)", rf"{escaped}embeddings\.position_ids"]
