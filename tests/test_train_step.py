@@ -1,6 +1,7 @@
 """The train step: partition by path patterns, only the trainable part differentiated and optimised,
 per-target-token loss, gradient accumulation, learning-rate schedule, non-finite steps rejected."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +149,26 @@ def test_schedule_and_weight_decay_mask():
     assert mask["layers"]["input_norm"]["scale"] is False and mask["fc1"] == {"kernel": True, "bias": False}
     assert mask["embed_tokens"]["embedding"] is True
     assert isinstance(make_optimizer(OPTIM), optax.GradientTransformation)
+
+
+def test_lr_multipliers_scale_the_step_of_matching_parameters_only():
+    """LLaVA's mm_projector_lr as a config: the projector's AdamW step (decay included) is 10x, the rest 1x."""
+    config = dataclasses.replace(OPTIM, weight_decay=0.1)
+    params = init_params(VLM, jax.random.key(0))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    plain = make_optimizer(config)
+    scaled = make_optimizer(dataclasses.replace(config, lr_multipliers=(("^projector/", 10.0), ("^llm/", 1.0))))
+    state = scaled.init(params)  # step 0 of the warmup has learning rate 0: compare the second updates
+    _, state = scaled.update(grads, state, params)
+    _, plain_state = plain.update(grads, plain.init(params), params)
+    base, _ = plain.update(grads, plain_state, params)
+    update, _ = scaled.update(grads, state, params)
+    for name in ("projector", "llm", "vision"):
+        factor = 10.0 if name == "projector" else 1.0
+        for a, b in zip(jax.tree.leaves(update[name]), jax.tree.leaves(base[name])):
+            assert np.abs(np.asarray(b)).max() > 0
+            np.testing.assert_allclose(np.asarray(a), factor * np.asarray(b), rtol=1e-6)
+    with pytest.raises(ValueError, match="lr_multipliers"):
+        make_optimizer(dataclasses.replace(config, lr_multipliers=(("^projector/", -1.0),)))
+    with pytest.raises(re.error):
+        make_optimizer(dataclasses.replace(config, lr_multipliers=(("(", 2.0),)))

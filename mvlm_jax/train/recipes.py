@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
                   embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
     c.train = dict(total_steps=100, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",), frozen=())
     c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8,
-                   weight_decay=0.1, grad_clip_norm=1.0)
+                   weight_decay=0.1, grad_clip_norm=1.0, lr_multipliers=())
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)
     # Validation loss every `every` steps and at the last one (0: off) over `batches` fixed global batches of
