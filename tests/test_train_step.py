@@ -171,5 +171,7 @@ def test_lr_multipliers_scale_the_step_of_matching_parameters_only():
             np.testing.assert_allclose(np.asarray(a), factor * np.asarray(b), rtol=1e-6)
     with pytest.raises(ValueError, match="lr_multipliers"):
         make_optimizer(dataclasses.replace(config, lr_multipliers=(("^projector/", -1.0),)))
+    with pytest.raises(ValueError, match="lr_multipliers"):  # the pairs flattened, as a repeated flag gives
+        make_optimizer(dataclasses.replace(config, lr_multipliers=("^projector/", 10.0)))
     with pytest.raises(re.error):
         make_optimizer(dataclasses.replace(config, lr_multipliers=(("(", 2.0),)))

@@ -68,7 +68,8 @@ def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """Over the (nested) trainable part: clip, then AdamW with decay on matrices only, then the per-group
     learning-rate factors (absent without any, so the optimizer state is the same as before them)."""
     for entry in config.lr_multipliers:
-        if len(entry) != 2 or not isinstance(entry[0], str) or float(entry[1]) <= 0:
+        if (not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[0], str)
+                or not isinstance(entry[1], (int, float)) or entry[1] <= 0):
             raise ValueError(f"optim.lr_multipliers: {entry!r} is not a (path regex, positive factor) pair")
         re.compile(entry[0])  # a bad pattern fails here, naming itself, rather than inside jit
     parts = [optax.clip_by_global_norm(config.grad_clip_norm),
