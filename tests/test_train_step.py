@@ -169,6 +169,16 @@ def test_lr_multipliers_scale_the_step_of_matching_parameters_only():
         for a, b in zip(jax.tree.leaves(update[name]), jax.tree.leaves(base[name])):
             assert np.abs(np.asarray(b)).max() > 0
             np.testing.assert_allclose(np.asarray(a), factor * np.asarray(b), rtol=1e-6)
+    # The first matching pattern wins: a later, broader one does not override it.
+    first = make_optimizer(dataclasses.replace(config, lr_multipliers=(("^projector/", 10.0), (".*", 3.0))))
+    first_state = first.init(params)
+    _, first_state = first.update(grads, first_state, params)
+    update, _ = first.update(grads, first_state, params)
+    for name, factor in (("projector", 10.0), ("llm", 3.0)):
+        for a, b in zip(jax.tree.leaves(update[name]), jax.tree.leaves(base[name])):
+            np.testing.assert_allclose(np.asarray(a), factor * np.asarray(b), rtol=1e-6)
+    # Without multipliers the chain is clip + AdamW only, so older checkpoints' optimizer state still fits.
+    assert len(plain.init(params)) == 2 and len(state) == 3
     with pytest.raises(ValueError, match="lr_multipliers"):
         make_optimizer(dataclasses.replace(config, lr_multipliers=(("^projector/", -1.0),)))
     with pytest.raises(ValueError, match="lr_multipliers"):  # the pairs flattened, as a repeated flag gives
