@@ -2,8 +2,8 @@
 
 Records are checked (data_pipelines.validate) and tokenized once, up front; skipped ones are counted and
 reported. Each epoch orders the examples by a permutation of (seed, epoch) and, with packing, fills rows
-greedily in that order (a row takes the next example while its tokens and images fit). Rows are random
-access (row r of epoch e), so the batched stream resumes exactly (data_pipelines.stream).
+in that order with the configured packer (data_pipelines.packing). Rows are random access (row r of epoch
+e), so the batched stream resumes exactly (data_pipelines.stream).
 
 Per example: ids with IMAGE_TOKEN widened to `num_visual_tokens` slots; inputs ids[:-1], targets ids[1:],
 loss mask target[1:]. Truncation rule: an example longer than seq_len is cut on the right to seq_len
@@ -19,6 +19,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from data_pipelines.packing import PackingStats, pack_rows, packing_stats
 from data_pipelines.records import Problem, Record
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
 from data_pipelines.templates import IMAGE_TOKEN, segments_for, tokenize
@@ -41,6 +42,7 @@ class ConversationData:
     num_visual_tokens: int = 0  # slots per image: 144 (LDP), 576 (MLP); 0 for text-only SFT
     images_per_row: int = 1
     pack: bool = True
+    packer: str = "next_fit"  # or "best_fit" (data_pipelines.packing)
     truncate: bool = True
     num_epochs: int | None = None
     verify_images: bool = False  # decode every image up front; by default only existence (and path
@@ -121,23 +123,6 @@ def fit(ids: np.ndarray, target: np.ndarray, seq_len: int, num_visual_tokens: in
     return (ids_kept, target_kept) if images_whole and target_kept[1:].any() else None
 
 
-def pack_rows(lengths: np.ndarray, has_image: np.ndarray, order: np.ndarray, seq_len: int, images_per_row: int,
-              pack: bool) -> list[np.ndarray]:
-    """Greedy rows in `order`: a row takes the next example while its inputs and images fit."""
-    rows, current, used, images = [], [], 0, 0
-    for index in order:
-        length, image = int(lengths[index]), int(has_image[index])
-        if current and (not pack or used + length > seq_len or images + image > images_per_row):
-            rows.append(np.asarray(current))
-            current, used, images = [], 0, 0
-        current.append(index)
-        used += length
-        images += image
-    if current:
-        rows.append(np.asarray(current))
-    return rows
-
-
 class PackedRows:
     """grain random-access source: row r of the epoch-ordered, packed stream as one example of the batch
     contract (with `images` / `image_slots` when num_visual_tokens > 0)."""
@@ -154,7 +139,7 @@ class PackedRows:
             e = len(self._epochs)
             order = np.random.default_rng([self.config.seed, e]).permutation(len(self.lengths))
             rows = pack_rows(self.lengths, self.has_image, order, self.config.seq_len, self.config.images_per_row,
-                             self.config.pack)
+                             self.config.pack, self.config.packer)
             self._epochs.append(rows)
             self._row_starts.append(self._row_starts[-1] + len(rows))
         return self._epochs[epoch]
@@ -164,6 +149,16 @@ class PackedRows:
             return sys.maxsize
         self._epoch_rows(self.config.num_epochs - 1)
         return self._row_starts[self.config.num_epochs]
+
+    def epoch_stats(self, epoch: int = 0) -> PackingStats:
+        """How full the rows of `epoch` are."""
+        return packing_stats(self._epoch_rows(epoch), self.lengths, self.has_image, self.config.seq_len,
+                             self.config.images_per_row)
+
+    def epoch_rows(self, epochs: int) -> int:
+        """Rows in the first `epochs` epochs."""
+        self._epoch_rows(epochs - 1)
+        return self._row_starts[epochs]
 
     def locate(self, row: int) -> np.ndarray:
         """Example indices packed into global row `row`."""
@@ -217,7 +212,9 @@ def build_conversation_dataset(config: ConversationData, process_index: int = 0,
     # What decides the order, by content (paths may move; image size and padding do not change it).
     order = {"files": [file_sha256(path) for path in config.files], "tokenizer": tokenizer.sha256,
              **{key: getattr(config, key) for key in ("format", "template", "seq_len", "batch_size", "seed",
-                                                      "num_visual_tokens", "images_per_row", "pack", "truncate")}}
+                                                      "num_visual_tokens", "images_per_row", "pack", "truncate")},
+             # a key only where it is not the default, so earlier runs keep their fingerprint
+             **({"packer": config.packer} if config.packer != "next_fit" else {})}
     return BatchStream(batches, config.read, fingerprint(order))
 
 

@@ -59,7 +59,7 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root
     assert list((tmp_path / "reference" / "tensorboard").glob("events.out.tfevents.*"))
     fields = set(records(tmp_path / "reference")[0])
     assert fields == {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "images_per_s", "mfu",
-                      "step_time_s", "batch_hash"}
+                      "real_token_share", "step_time_s", "batch_hash"}
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, data_root, 20), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -51,8 +51,9 @@ def test_vlm_stage1_trains_only_the_projector_from_the_sft_llm(sft_model):
 
 def test_lora_stage_trains_adapters_and_projector(sft_model):
     root = sft_model
+    # No validation here (its own tests cover it): its compile would double this test's time.
     out = run("vlm.py:size=tiny,stage=lora", root / "lora", root / "data", "--config.train.total_steps=2",
-              f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
+              "--config.eval.every=0", f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
     params, config = load_model(root / "lora" / "model")
     assert config.llm.lora is not None and config.llm.lora.rank == 8
     adapters = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params["llm"])
@@ -64,7 +65,7 @@ def test_lora_stage_trains_adapters_and_projector(sft_model):
     np.testing.assert_array_equal(frozen_kernel, sft["layers"]["attn"]["q_proj"]["kernel"])  # base stays frozen
     # A LoRA model (adapters included) continues as init_from of the next run.
     run("vlm.py:size=tiny,stage=lora", root / "lora2", root / "data", "--config.train.total_steps=1",
-        f"--config.init_from=('={root / 'lora' / 'model'}',)")
+        "--config.eval.every=0", f"--config.init_from=('={root / 'lora' / 'model'}',)")
 
 
 def test_init_from_a_mismatched_checkpoint_is_refused(sft_model, tmp_path):

@@ -82,11 +82,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     periodic work (mvlm_jax.train.hooks), run after validation and before logging, so that what they add
     to a step's record is logged with it."""
     workdir_path = setup.workdir_path(workdir)
+    # Before the run is built: with train.epochs the data decides total_steps, and the schedule with it.
+    examples = setup.epoch_plan(config, setup.model_config(config.model), workdir_path,
+                                write=jax.process_index() == 0)
     run = build_run(config)
     mesh, model, model_config, optimizer = run.mesh, run.model, run.model_config, run.optimizer
     state_shardings = run.state_shardings
     benchmarks = benchmark_hook(config, model_config, workdir_path)  # checks its files before any data is read
-    data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count())
+    data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count(), examples)
     validation = Validation(setup.held_out_batches(config, model_config, workdir_path, jax.process_index(),
                                                    jax.process_count()),
                             run.eval_step, run.batch_sharding, mesh) if config.eval.every else None
@@ -129,10 +132,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
             raise TrainingError(f"step {step_info['step']}: loss {float(metrics['loss'])} / gradient norm "
                                 f"{float(metrics['grad_norm'])} is not finite; the state was not updated and "
                                 f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
-        flops = step_flops(model_config, step_info["tokens"], step_info["seq"], step_info["images"], trained_share)
+        tokens, images = int(metrics["real_tokens"]), int(metrics.get("images", 0))  # padding excluded
+        flops = step_flops(model_config, tokens, step_info["seq"], images, trained_share)
         return {"step": step_info["step"], "loss": float(metrics["loss"]),
                 "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
-                "tokens_per_s": step_info["tokens"] / elapsed, "images_per_s": step_info["images"] / elapsed,
+                "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
+                "real_token_share": tokens / step_info["row_tokens"],
                 "step_time_s": elapsed, "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
                 "batch_hash": step_info["hash"]}
 
@@ -161,8 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         for step in range(start_step, total_steps):
             batch = next(data)
             info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
-                    "tokens": int(batch["tokens"].size) * jax.process_count(),
-                    "images": int((batch["image_slots"] >= 0).sum()) * jax.process_count() if "image_slots" in batch else 0}
+                    "row_tokens": int(batch["tokens"].size) * jax.process_count()}
             global_batch = jax.tree.map(
                 lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
             info["dispatched"] = time.perf_counter()

@@ -11,6 +11,7 @@ multiplied by that factor; the schedule's shape is shared.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Sequence
 
@@ -27,6 +28,7 @@ class OptimConfig:
     learning_rate: float = 3e-4  # peak
     min_learning_rate: float = 3e-5  # end of the cosine
     warmup_steps: int = 2000
+    warmup_ratio: float = 0.0  # > 0: warmup is ceil(ratio * total_steps) instead of warmup_steps
     total_steps: int = 100_000
     b1: float = 0.9
     b2: float = 0.95
@@ -38,7 +40,8 @@ class OptimConfig:
 
 def schedule(config: OptimConfig) -> optax.Schedule:
     """Linear warmup from 0 to the peak, cosine down to the minimum at total_steps."""
-    warmup = min(config.warmup_steps, max(config.total_steps - 1, 0))
+    steps = math.ceil(config.warmup_ratio * config.total_steps) if config.warmup_ratio > 0 else config.warmup_steps
+    warmup = min(steps, max(config.total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(config.total_steps, warmup + 1),
                                               config.min_learning_rate)
 

@@ -19,10 +19,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ()
     c.data = dict(kind="pretrain", shards=(), mixture="", mixture_dirs={}, seq_len=128, seed=0,
                   reset_attention_at_eos=False, workers=0, files=(), format="sharegpt", template="vicuna_v1",
-                  tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True,
+                  tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True, packer="next_fit",
                   embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
-    c.train = dict(total_steps=100, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",), frozen=())
-    c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8,
+    # epochs > 0 (conversation data): total_steps becomes the whole global batches of that many epochs of
+    # packed rows, counted from the data at start (mvlm_jax.train.setup.epoch_plan).
+    c.train = dict(total_steps=100, epochs=0, batch_size=8, accumulation_steps=1, seed=0, trainable=(".*",),
+                   frozen=())
+    # warmup_ratio > 0 replaces warmup_steps with ceil(ratio * total_steps), as HF Trainer's warmup_ratio.
+    c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, warmup_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8,
                    weight_decay=0.1, grad_clip_norm=1.0, lr_multipliers=())
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)

@@ -5,15 +5,19 @@ Each component reads only its own sub-config (model, data, optim, train, mesh, c
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import ml_collections
 
-from data_pipelines.conversations import ConversationData, build_conversation_dataset
+from data_pipelines.atomic import write_bytes
+from data_pipelines.conversations import (ConversationData, Examples, PackedRows, build_conversation_dataset,
+                                          prepare_examples)
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
 from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
 from data_pipelines.token_source import read_index
+from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig,
                                     VLMConfig)
 from mvlm_jax.sharding import MeshConfig
@@ -55,7 +59,8 @@ def checkpoint_config(config: ml_collections.ConfigDict) -> CheckpointConfig:
 
 
 def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_index: int,
-                process_count: int) -> BatchStream:
+                process_count: int, examples: Examples | None = None) -> BatchStream:
+    """This process's batches; `examples`: the conversation examples when already tokenized (epoch_plan)."""
     data = config.data
     read = ReadOptions(worker_count=data.workers)
     if data.kind == "pretrain":
@@ -70,7 +75,7 @@ def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_i
             reset_attention_at_eos=data.reset_attention_at_eos, read=read), process_index, process_count)
     if data.kind == "conversation":
         return build_conversation_dataset(conversation_data(config, model, tuple(data.files), read), process_index,
-                                          process_count)
+                                          process_count, examples)
     raise ValueError(f"config.data.kind: {data.kind!r}; expected pretrain or conversation")
 
 
@@ -84,7 +89,50 @@ def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, fil
         files=files, format=data.format, template=data.template, tokenizer=data.tokenizer,
         seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed, image_root=data.image_root or None,
         image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
-        images_per_row=data.images_per_row, pack=data.pack, read=read)
+        images_per_row=data.images_per_row, pack=data.pack, packer=data.packer, read=read)
+
+
+EPOCH_PLAN = "epoch_plan.json"
+
+
+def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: Path,
+               write: bool = True) -> Examples | None:
+    """With train.epochs > 0: set train.total_steps to the whole global batches in that many epochs of
+    packed rows and report how full the rows are; returns the tokenized examples for the stream.
+
+    The count is written to WORKDIR/epoch_plan.json (atomically; `write`: this process writes). A resumed run
+    recomputes it from the data and must find the same count, or its learning-rate schedule and its last
+    step would change under it."""
+    epochs = config.train.epochs
+    if epochs <= 0:
+        return None
+    if config.data.kind != "conversation":
+        raise ValueError(f"config.train.epochs is {epochs}: epochs are counted for conversation data only; "
+                         "pretraining runs by total_steps")
+    data = conversation_data(config, model, tuple(config.data.files))
+    examples = prepare_examples(data, Tokenizer(data.tokenizer))
+    rows = PackedRows(data, examples)
+    steps = rows.epoch_rows(epochs) // data.batch_size
+    if steps < 1:
+        raise ValueError(f"config.train.epochs {epochs}: {rows.epoch_rows(epochs)} packed rows make no global batch "
+                         f"of {data.batch_size}")
+    stats = rows.epoch_stats(0)
+    plan = {"epochs": epochs, "rows": rows.epoch_rows(epochs), "batch_size": data.batch_size, "total_steps": steps,
+            "epoch_0": {**dataclasses.asdict(stats), "real_share": stats.real_share,
+                        "image_slot_share": stats.image_slot_share}}
+    path = Path(workdir) / EPOCH_PLAN
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before["total_steps"] != steps:
+            raise ValueError(f"{path}: this run was planned at {before['total_steps']} steps for {before['epochs']} "
+                             f"epoch(s), but its data now packs into {steps}; the data or its settings changed "
+                             "since the run started. Resume with the same data, or start a new workdir")
+    elif write:
+        write_bytes(path, json.dumps(plan, indent=1).encode())
+    config.train.total_steps = steps  # train.total_steps and the top-level total_steps share one reference
+    print(f"epoch plan: {epochs} epoch(s) = {plan['rows']:,} packed rows = {steps:,} steps of {data.batch_size}; "
+          f"epoch 0: {stats.describe()}")
+    return examples
 
 
 def embedded_root(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:

@@ -95,8 +95,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
         new_state = {"trainable": keep(trainable, state["trainable"]), "frozen": state["frozen"],
                      "opt_state": keep(opt_state, state["opt_state"]),
                      "step": state["step"] + finite.astype(state["step"].dtype), "rng": rng}
+        # Real tokens (in a segment: loss-bearing or context) and images of the global batch: what
+        # tokens/s and MFU count, padding excluded.
+        real = {"real_tokens": jnp.sum(batch["segment_ids"] > 0)}
+        if "image_slots" in batch:
+            real["images"] = jnp.sum(batch["image_slots"] >= 0)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
-                   "target_tokens": count, "finite": finite}
+                   "target_tokens": count, "finite": finite, **real}
         return new_state, metrics
 
     return step
