@@ -27,6 +27,7 @@ bench:
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.data_throughput
 	$(PY) -m bench.packing
+	$(PY) -m bench.conversation_start --samples 50000
 	$(PY) -m bench.train_throughput
 	$(PY) -m bench.projector_backward
 	$(PY) -m bench.attention

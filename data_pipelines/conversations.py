@@ -19,6 +19,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from data_pipelines import example_cache
+from data_pipelines.example_cache import CachedExamples
 from data_pipelines.packing import PackingStats, pack_rows, packing_stats
 from data_pipelines.records import Problem, Record
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
@@ -44,6 +46,8 @@ class ConversationData:
     pack: bool = True
     packer: str = "next_fit"  # or "best_fit" (data_pipelines.packing)
     truncate: bool = True
+    cache: bool = True  # tokenize once: data_pipelines.example_cache
+    cache_dir: str = ""  # "" = example_cache.default_root()
     num_epochs: int | None = None
     verify_images: bool = False  # decode every image up front; by default only existence (and path
     # safety) is checked, and a corrupt file fails when its row is read, naming the file
@@ -62,6 +66,10 @@ class Examples:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def has_image(self) -> np.ndarray:
+        return np.asarray([image is not None for image in self.images])
+
 
 def tokenize_record(record: Record, tokenizer: Tokenizer, fmt: str, template: str) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(template ids with one IMAGE_TOKEN per image, target mask, image path or None) of a checked record."""
@@ -75,7 +83,8 @@ def widened_length(ids: np.ndarray, num_visual_tokens: int) -> int:
     return len(ids) - 1 + int(np.sum(ids == IMAGE_TOKEN)) * (num_visual_tokens - 1)
 
 
-def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples:
+def tokenize_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples:
+    """Check, tokenize and fit every record of config.files (no cache)."""
     examples = Examples([], [], [], [], SkipReport())
     image_root = Path(config.image_root) if config.image_root else None
     for path in config.files:
@@ -93,14 +102,42 @@ def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples
             examples.target.append(fitted[1])
             examples.images.append(image)
             examples.lengths.append(widened_length(fitted[0], config.num_visual_tokens))
-    if examples.report.total:
-        print(f"skipped {examples.report.total} record(s), kept {len(examples)}:\n{examples.report.format()}",
-              file=sys.stderr)
-    if examples.truncated:
-        print(f"truncated {examples.truncated} of {len(examples)} kept record(s) to seq_len {config.seq_len}",
-              file=sys.stderr)
     if not len(examples):
-        raise ValueError(f"no usable examples in {list(config.files)}")
+        raise ValueError(f"no usable examples in {list(config.files)}" + (f":\n{examples.report.format()}"
+                                                                          if examples.report.total else ""))
+    return examples
+
+
+def _report(examples: Examples | CachedExamples, report_text: str, seq_len: int) -> None:
+    if examples.report.total:
+        print(report_text, file=sys.stderr)
+    if examples.truncated:
+        print(f"truncated {examples.truncated} of {len(examples)} kept record(s) to seq_len {seq_len}",
+              file=sys.stderr)
+
+
+def prepare_examples(config: ConversationData, tokenizer: Tokenizer) -> Examples | CachedExamples:
+    """The checked, tokenized examples of config.files: from the example cache when it holds them
+    (data_pipelines.example_cache), else tokenized here and cached (unless config.cache is off).
+    Skipped and truncated records are reported either way."""
+    if not config.cache:
+        examples = tokenize_examples(config, tokenizer)
+        _report(examples, examples.report.format(len(examples)), config.seq_len)
+        return examples
+    inputs = {"files": [file_sha256(path) for path in config.files], "tokenizer": tokenizer.sha256,
+              "image_root": str(Path(config.image_root).absolute()) if config.image_root else None,
+              **{key: getattr(config, key) for key in ("format", "template", "seq_len", "num_visual_tokens",
+                                                        "truncate", "verify_images")}}
+    directory = Path(config.cache_dir or example_cache.default_root()) / example_cache.cache_key(inputs)
+
+    def build():
+        built = tokenize_examples(config, tokenizer)
+        meta = {"examples": len(built), "truncated": built.truncated, "skipped": dict(built.report.counts),
+                "report": built.report.format(len(built)), "inputs": inputs}
+        return built.ids, built.target, built.images, built.lengths, meta
+
+    examples = example_cache.cached(directory, build)
+    _report(examples, examples.meta["report"], config.seq_len)
     return examples
 
 
@@ -130,7 +167,7 @@ class PackedRows:
     def __init__(self, config: ConversationData, examples: Examples):
         self.config, self.examples = config, examples
         self.lengths = np.asarray(examples.lengths)
-        self.has_image = np.asarray([image is not None for image in examples.images])
+        self.has_image = np.asarray(examples.has_image)
         self._epochs: list[list[np.ndarray]] = []
         self._row_starts = [0]  # first global row of each computed epoch
 
@@ -199,7 +236,7 @@ class PackedRows:
 
 
 def build_conversation_dataset(config: ConversationData, process_index: int = 0, process_count: int = 1,
-                               examples: Examples | None = None) -> BatchStream:
+                               examples: Examples | CachedExamples | None = None) -> BatchStream:
     """The batched, resumable stream of this process for SFT or image-text training."""
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
@@ -218,5 +255,5 @@ def build_conversation_dataset(config: ConversationData, process_index: int = 0,
     return BatchStream(batches, config.read, fingerprint(order))
 
 
-__all__ = ["ConversationData", "Examples", "PackedRows", "Record", "build_conversation_dataset", "pack_rows",
+__all__ = ["CachedExamples", "ConversationData", "Examples", "PackedRows", "Record", "build_conversation_dataset", "pack_rows",
            "prepare_examples"]

@@ -9,6 +9,7 @@ same settings with `train_tokenizer`.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import os
@@ -35,6 +36,14 @@ LLAMA2_TRAINER_SETTINGS = dict(
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file; computed once per (path, size, modification time) in a process."""
+    stat = os.stat(path)
+    return _sha256(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the cache key only
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

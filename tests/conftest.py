@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# The example cache (data_pipelines/example_cache.py) of the test session stays beside it, not in ~/.cache.
+os.environ.setdefault("MVLM_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mvlm"))
 
 import jax  # noqa: E402
 

@@ -1,6 +1,7 @@
 """Exact resume: a run killed with SIGKILL at an arbitrary step and restarted in the same workdir gives the
 same per-step losses and batch hashes as an uninterrupted run, bitwise on CPU; a damaged latest checkpoint
-is reported and the previous good one is used."""
+is reported and the previous good one is used. A run preempted with SIGTERM (twice) checkpoints the step it
+stopped at, exits 0 and resumes the same way."""
 import json
 import os
 import signal
@@ -30,6 +31,17 @@ def run(workdir, data_root, steps):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def wait_for_steps(process, workdir, steps):
+    """Until the running `process` has logged `steps` steps in `workdir` (it must still be running then)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        metrics = Path(workdir) / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, f"the run ended before step {steps}"
 
 
 def records(workdir):
@@ -64,13 +76,7 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, data_root, 20), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        metrics = killed / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 13:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
+    wait_for_steps(process, killed, 13)
     process.send_signal(signal.SIGKILL)
     process.wait()
     steps_before = len(records(killed))
@@ -99,3 +105,23 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path, data_root
     again = run(killed, data_root, 20)
     assert "checkpoint at step 20 is damaged" in again.stderr and "resumed from" in again.stdout
     assert [(r["step"], r["loss"], r["batch_hash"]) for r in records(killed)] == reference
+
+    # Preemption: SIGTERM, and again while the run stops, between checkpoints. It checkpoints the step it
+    # stopped at (not a multiple of 5), exits 0 without a final model, and resumes to the same run.
+    preempted = tmp_path / "preempted"
+    process = subprocess.Popen(command(preempted, data_root, 20), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    wait_for_steps(process, preempted, 11)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert "preempted: stopped after step" in out and "ignored" in err
+    stopped = int(out.split("stopped after step")[1].split()[0])
+    assert 11 <= stopped < 20 and len(records(preempted)) == stopped
+    assert stopped in {int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit()}
+    assert not (preempted / "model").exists()
+    resumed = run(preempted, data_root, 20)
+    assert f"resumed from {preempted / 'checkpoints'} at step {stopped}" in resumed.stdout
+    assert [(r["step"], r["loss"], r["batch_hash"]) for r in records(preempted)] == reference

@@ -75,8 +75,16 @@ def test_stage1_trains_and_optimises_only_the_projector():
     moments = state["opt_state"][1][0].mu  # chain(clip, adamw) -> adamw's ScaleByAdamState
     assert count(moments) == count(params["projector"]) and set(moments) == {"projector"}
     jitted = jax.jit(step)
-    new, metrics = jitted(jitted(state, vlm_batch())[0], vlm_batch())  # two steps: the warmup starts at learning rate 0
+    # The second batch ends in padding and has one image slot empty: the step counts real tokens and images
+    # (what tokens/s and MFU count), never padding or empty slots.
+    padded = vlm_batch()
+    padded["segment_ids"] = padded["segment_ids"].at[:, -3:].set(0)
+    padded["loss_mask"] = padded["loss_mask"].at[:, -3:].set(0)
+    padded["image_slots"] = padded["image_slots"].at[1].set(-1)
+    new, metrics = jitted(jitted(state, vlm_batch())[0], padded)  # two steps: the warmup starts at learning rate 0
     assert bool(metrics["finite"]) and int(new["step"]) == 2
+    assert int(metrics["real_tokens"]) == int((padded["segment_ids"] > 0).sum()) == padded["tokens"].size - 6
+    assert int(metrics["images"]) == 1
     for part in ("vision", "llm"):
         for a, b in zip(jax.tree.leaves(new["frozen"][part]), jax.tree.leaves(params[part])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -60,6 +60,8 @@ def train_stage(workdir: Path, name: str, experiment: str, init_from: Sequence[s
     done = subprocess.run(command)
     if done.returncode:
         raise SystemExit(f"demo: stage {name} failed (exit {done.returncode}); re-run `make demo` to resume it")
+    if not (stage_dir / "model").is_dir():  # stopped by SIGTERM with a checkpoint (mvlm_jax.train.preemption)
+        raise SystemExit(f"demo: stage {name} stopped early with a checkpoint; re-run `make demo` to resume it")
     return time.perf_counter() - started
 
 

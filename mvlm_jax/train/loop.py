@@ -27,6 +27,7 @@ from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.hooks import Hook, StepContext, due_hooks, run_hooks
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
+from mvlm_jax.train.preemption import PreemptionWatch
 from mvlm_jax.sharding import path_of
 from mvlm_jax.train.partition import count, describe, merge, split
 from mvlm_jax.train.step import init_state
@@ -162,27 +163,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         record = read_step(step_info)
         run_hooks(hook_list, StepContext(step_info["step"], step_info["step"] == total_steps, record, step_state))
 
-    try:
-        for step in range(start_step, total_steps):
-            batch = next(data)
-            info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
-                    "row_tokens": int(batch["tokens"].size) * jax.process_count()}
-            global_batch = jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
-            info["dispatched"] = time.perf_counter()
-            with sharding.activate(mesh):
-                state, info["metrics"] = jitted(state, global_batch)
-            # Read the previous step's metrics only now: the host prepares and dispatches step t + 1
-            # while the device still runs step t.
-            if pending is not None:
-                after_step(pending, None)
-            pending = info
-            if any(hook.needs_state for hook in due_hooks(hook_list, step + 1, step + 1 == total_steps)):
-                after_step(pending, state)  # before step t + 1 donates this state
-                pending = None
+    def one_step(step: int, pending: dict | None, state: dict) -> tuple[dict | None, dict]:
+        """Dispatch step `step` + 1; read the previous one's metrics meanwhile. Returns (pending, state)."""
+        batch = next(data)
+        info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
+                "row_tokens": int(batch["tokens"].size) * jax.process_count()}
+        global_batch = jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
+        info["dispatched"] = time.perf_counter()
+        with sharding.activate(mesh):
+            state, info["metrics"] = jitted(state, global_batch)
+        # Read the previous step's metrics only now: the host prepares and dispatches step t + 1
+        # while the device still runs step t.
         if pending is not None:
             after_step(pending, None)
-        save_final_model(workdir_path / "model", state, model_config, config.data.get("tokenizer"))
+        if any(hook.needs_state for hook in due_hooks(hook_list, step + 1, step + 1 == total_steps)):
+            after_step(info, state)  # before step t + 1 donates this state
+            return None, state
+        return info, state
+
+    preempted = False
+    try:
+        with PreemptionWatch() as watch:
+            for step in range(start_step, total_steps):
+                if watch.requested(step):  # every process stops here: checkpoint the state after `step` steps
+                    if pending is not None:
+                        after_step(pending, None)
+                        pending = None
+                    if step > start_step and step not in checkpoints.manager.all_steps():
+                        checkpoints.save(step, state, data, metadata)
+                    checkpoints.wait()
+                    print(f"preempted: stopped after step {step} with a checkpoint in {workdir_path / 'checkpoints'}; "
+                          "run the same command again to resume")
+                    preempted = True
+                    break
+                pending, state = one_step(step, pending, state)
+        if pending is not None:
+            after_step(pending, None)
+        if not preempted:
+            save_final_model(workdir_path / "model", state, model_config, config.data.get("tokenizer"))
     finally:
         bar.close()
         checkpoints.wait()

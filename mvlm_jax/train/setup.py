@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from data_pipelines.atomic import write_bytes
-from data_pipelines.conversations import (ConversationData, Examples, PackedRows, build_conversation_dataset,
+from data_pipelines.conversations import (CachedExamples, ConversationData, Examples, PackedRows, build_conversation_dataset,
                                           prepare_examples)
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
 from data_pipelines.shards import INDEX_FILE
@@ -59,7 +59,7 @@ def checkpoint_config(config: ml_collections.ConfigDict) -> CheckpointConfig:
 
 
 def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_index: int,
-                process_count: int, examples: Examples | None = None) -> BatchStream:
+                process_count: int, examples: Examples | CachedExamples | None = None) -> BatchStream:
     """This process's batches; `examples`: the conversation examples when already tokenized (epoch_plan)."""
     data = config.data
     read = ReadOptions(worker_count=data.workers)
@@ -89,14 +89,15 @@ def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, fil
         files=files, format=data.format, template=data.template, tokenizer=data.tokenizer,
         seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed, image_root=data.image_root or None,
         image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
-        images_per_row=data.images_per_row, pack=data.pack, packer=data.packer, read=read)
+        images_per_row=data.images_per_row, pack=data.pack, packer=data.packer, cache=data.cache,
+        cache_dir=data.cache_dir, read=read)
 
 
 EPOCH_PLAN = "epoch_plan.json"
 
 
 def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: Path,
-               write: bool = True) -> Examples | None:
+               write: bool = True) -> Examples | CachedExamples | None:
     """With train.epochs > 0: set train.total_steps to the whole global batches in that many epochs of
     packed rows and report how full the rows are; returns the tokenized examples for the stream.
 
