@@ -31,6 +31,7 @@ bench:
 	$(PY) -m bench.train_throughput
 	$(PY) -m bench.projector_backward
 	$(PY) -m bench.attention
+	$(PY) -m bench.tpu_plans
 	$(PY) -m bench.generate_throughput
 	$(PY) -m bench.edge_latency
 	$(PY) -m bench.eval_throughput
@@ -50,8 +51,10 @@ demo:
 export:
 	$(PY) -m mvlm_jax.export --ckpt $(CKPT) --out $(OUT) --type $(TYPE) $(ARGS)
 
+# TOPOLOGY=v5p:4x4x4 compiles for that TPU slice with libtpu; without it, CPU devices stand in.
+# CONFIG=experiments/vlm.py:size=1.4b,stage=2 plans another experiment (default: pretraining at SIZE).
 plan:
-	$(PY) -m mvlm_jax.train.plan --config experiments/pretrain.py:size=$(SIZE) --mesh $(MESH) $(ARGS)
+	$(PY) -m mvlm_jax.train.plan --config $(or $(CONFIG),experiments/pretrain.py:size=$(SIZE)) --mesh $(MESH) $(if $(TOPOLOGY),--topology $(TOPOLOGY)) $(ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

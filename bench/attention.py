@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from bench.report import append_result, mean_seconds
-from mvlm_jax.models.layers import CAUSAL_BLOCK, attention, segment_causal_mask
+from mvlm_jax.models.attention import CAUSAL_BLOCK, attention, segment_causal_mask
 from mvlm_jax.train.step import CPU_COMPILER_OPTIONS
 
 SHAPES = {"demo 8x512": (8, 512, 4, 32), "demo 16x256": (16, 256, 4, 32), "1.4b 2x2048": (2, 2048, 16, 128)}

@@ -155,8 +155,9 @@ def compile_seconds_1_4b() -> float:
     return float(re.search(r"compiled in ([\d.]+) s", done.stdout).group(1))
 
 
-def mfu_1_4b(steps: int) -> tuple[float, float]:
-    """(MFU, tokens/s) of the real 1.4B step at seq 2048, bf16, on the local accelerator."""
+def mfu_1_4b(steps: int, attention: str = "auto", rows_per_device: int = 8) -> tuple[float, float]:
+    """(MFU, tokens/s) of the real 1.4B step at seq 2048, bf16, on the local accelerator, with the given
+    attention kernel (bench.gpu_step runs cudnn and xla side by side)."""
     import jax
 
     from experiments import pretrain
@@ -164,9 +165,10 @@ def mfu_1_4b(steps: int) -> tuple[float, float]:
     from mvlm_jax.train.run import abstract_batch, build_run
 
     config = pretrain.get_config("1.4b")
-    config.train.update(batch_size=8 * jax.device_count(), accumulation_steps=1)
+    config.train.update(batch_size=rows_per_device * jax.device_count(), accumulation_steps=1)
     with config.unlocked():
         config.mesh.update(data=1, fsdp=-1, tensor=1)
+        config.model.attention = attention
     run = build_run(config)
     import jax.numpy as jnp
     state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype, device=a.sharding), run.abstract_state)

@@ -107,7 +107,7 @@ def test_unrolled_layer_scan_gives_the_same_outputs_and_gradients():
 
 
 def test_causal_block_attention_matches_dense_attention_with_gradients():
-    from mvlm_jax.models.layers import attention, segment_causal_mask
+    from mvlm_jax.models.attention import attention, segment_causal_mask
     length = 200  # blocks of 128 and 72: the last one is short; 4 query heads over 2 KV heads
     q, w = (jax.random.normal(jax.random.key(i), (2, length, 4, 8)) for i in range(2))
     k, v = (jax.random.normal(jax.random.key(i), (2, length, 2, 8)) for i in range(2, 4))

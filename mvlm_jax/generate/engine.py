@@ -144,10 +144,9 @@ def prefill_fn(static: Static, params: Any, tokens: jax.Array, valid: jax.Array,
     offsets = length - jnp.sum(valid, axis=1, dtype=jnp.int32)
     slots = jnp.arange(length, dtype=jnp.int32)
     positions = jnp.maximum(slots[None, :] - offsets[:, None], 0)
-    # the cache is empty; within the prompt: causal, real tokens see real tokens, padding sees padding only
-    causal = slots[None, :] <= slots[:, None]
-    same = valid[:, None, :] == valid[:, :, None]
-    masks = (None, (causal[None] & same)[:, None])
+    # the cache is empty; within the prompt: causal, real tokens (segment 1) see real tokens, padding
+    # (segment 0) sees padding only; the configured attention kernel runs it
+    masks = (None, valid.astype(jnp.int32))
     logits, cache = _llm_forward(static, params, None, positions, masks,
                                  init_cache(static.llm_config, batch, max_len), jnp.int32(0),
                                  input_embeddings=_embed(static, params, tokens, images, image_slots), last_only=True)

@@ -49,8 +49,9 @@ class LlamaConfig:
     # Layers per iteration of the layer scan; num_layers unrolls it fully (no loop and no stacked
     # per-layer residual buffers: faster on CPU, slower to compile). Same math and parameter tree.
     scan_unroll: int = 1
-    # None: let JAX choose; "causal_blocks": XLA per query block over the keys before it (CPU, see layers)
-    attention_impl: Literal["xla", "cudnn", "causal_blocks"] | None = None
+    # Attention kernel (models/attention.py): "auto" picks splash on TPU, cudnn on CUDA GPUs, xla elsewhere;
+    # "causal_blocks" is XLA per query block over the keys before it (faster on CPU). None means "auto".
+    attention_impl: Literal["auto", "xla", "causal_blocks", "splash", "cudnn"] | None = "auto"
     lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class VisionConfig:
     posemb_init: Literal["normal", "sincos2d"] = "normal"
     dtype: ComputeDtype = "float32"
     remat_policy: RematPolicy = "none"
+    scan_unroll: int = 1  # blocks per iteration of the block scan, as LlamaConfig.scan_unroll
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from mvlm_jax.models.config import LlamaConfig, LoraConfig
-from mvlm_jax.models.layers import (DTYPES, Linear, RMSNorm, attention, cached_attention, param_with_axes,
-                                    scan_layers, segment_causal_mask)
+from mvlm_jax.models.attention import cached_attention, segment_attention
+from mvlm_jax.models.layers import DTYPES, Linear, RMSNorm, param_with_axes, scan_layers
 
 
 Rope = tuple[jax.Array, jax.Array]  # (cos, sin), each [batch, seq, 1, head_dim] float32
@@ -64,11 +64,13 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | CacheMasks, rope: Rope,
                  cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-        """x: [batch, seq, embed]; mask: [batch, 1, seq, seq]; rope: rope_tables of the [batch, seq] positions.
+        """x: [batch, seq, embed]; mask: [batch, seq] int32 segment ids (causal within each segment, the
+        kernel of config.attention_impl); rope: rope_tables of the [batch, seq] positions.
 
         With one layer's `cache` (generation; mask is then CacheMasks): attention runs over the cache
         and this block; the cache is only read, and this block's (key, value) is returned beside the
-        output for the caller to write."""
+        output for the caller to write. A prefill (no earlier slot, CacheMasks (None, [batch, seq]
+        segment ids)) runs the configured kernel too."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         head_dim = cfg.resolved_head_dim
@@ -83,11 +85,15 @@ class Attention(nn.Module):
         query = apply_rope(query, rope)
         key = apply_rope(key, rope)
         query = nn.with_logical_constraint(query, ("batch", "length", "act_heads", None))
-        if cache is not None:
-            out = cached_attention(query, key, value, *cache, *mask)
-            cache = (key, value)
+        if cache is None:
+            out = segment_attention(query, key, value, mask, cfg.attention_impl)
         else:
-            out = attention(query, key, value, mask, cfg.attention_impl)
+            cache_mask, block_mask = mask
+            if cache_mask is None and block_mask.ndim == 2:  # prefill: block_mask holds segment ids
+                out = segment_attention(query, key, value, block_mask, cfg.attention_impl)
+            else:
+                out = cached_attention(query, key, value, *cache, cache_mask, block_mask)
+            cache = (key, value)
         out = rearrange(out, "b s n h -> b s (n h)")
         out = project("o_proj", cfg.hidden_size, ("heads", "embed"), out)
         return out if cache is None else (out, cache)
@@ -173,7 +179,7 @@ class MobileLLaMA(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, _ = self.layers(x, segment_causal_mask(segment_ids), self.rope(positions), None)
+        x, _ = self.layers(x, segment_ids, self.rope(positions), None)
         return self.head(x)
 
     def rope(self, positions: jax.Array) -> Rope:
@@ -194,8 +200,8 @@ class MobileLLaMA(nn.Module):
 
         tokens: [batch, q] int32 (or input_embeddings [batch, q, embed]), a block that goes to cache slots
         cache_index .. cache_index + q - 1 (cache_index: int32 scalar); positions: [batch, q] RoPE
-        positions; masks: ([batch, max_len] bool, the earlier cache slots each row attends to, or None
-        when the cache is empty; [batch, 1, q, q] bool within the block); cache: (key, value) each [layers, batch, kv_heads,
+        positions; masks: ([batch, max_len] bool, the earlier cache slots each row attends to, and [batch, 1,
+        q, q] bool within the block; or, for a prefill into an empty cache, (None, [batch, q] int32 segment ids)); cache: (key, value) each [layers, batch, kv_heads,
         max_len, head_dim]. Returns (float32 logits [batch, q, vocab], or [batch, 1, vocab] for the last
         position when last_only; the cache with the block written).
         """

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from mvlm_jax.models.config import VisionConfig
-from mvlm_jax.models.layers import ACTIVATIONS, DTYPES, LayerNorm, Linear, attention, param_with_axes, scan_layers
+from mvlm_jax.models.attention import attention
+from mvlm_jax.models.layers import ACTIVATIONS, DTYPES, LayerNorm, Linear, param_with_axes, scan_layers
 
 
 class EncoderBlock(nn.Module):
@@ -97,7 +98,8 @@ class VisionTower(nn.Module):
         x = LayerNorm(cfg.layer_norm_eps, dtype, name="pre_norm")(x)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cfg.num_layers_run:
-            x, _ = scan_layers(EncoderBlock, cfg.num_layers_run, cfg.remat_policy, broadcast_args=0)(cfg, name="layers")(x)
+            x, _ = scan_layers(EncoderBlock, cfg.num_layers_run, cfg.remat_policy, broadcast_args=0,
+                               unroll=cfg.scan_unroll)(cfg, name="layers")(x)
         if cfg.class_token and cfg.select_feature == "patch":
             x = x[:, 1:]
         return x

@@ -10,8 +10,10 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # attention: the LLM's kernel, auto | xla | causal_blocks | splash | cudnn (mvlm_jax/models/attention.py);
+    # auto picks splash on TPU, cudnn on CUDA GPUs and xla elsewhere, for the devices the run compiles for.
     c.model = dict(kind="llm", llm="tiny", vision="tiny", projector="ldp", dtype="float32", remat="none",
-                   llm_overrides={}, vision_overrides={},
+                   attention="auto", llm_overrides={}, vision_overrides={},
                    lora=dict(rank=0, alpha=256.0, dropout=0.0,
                              targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
     # Checkpoints to start from when the workdir has none: "part=dir" ("llm=ckpt/sft", "vision=ckpt/clip",
@@ -62,4 +64,4 @@ def embedded_demo(c: ml_collections.ConfigDict) -> None:
     c.data.embedded.update(enabled=True, size="demo", image_size=336)
     # XLA:CPU's dense attention computes every masked score; rows of 512 train about 2x faster per attention
     # layer without the blocks after the diagonal (bench.attention, docs/PERFORMANCE.md).
-    c.model.llm_overrides.attention_impl = "causal_blocks"
+    c.model.attention = "causal_blocks"

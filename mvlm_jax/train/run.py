@@ -61,9 +61,10 @@ def build_run(config: ml_collections.ConfigDict, devices: list | None = None) ->
     devices = devices if devices is not None else jax.devices()
     validate(config, len(devices))
     mesh = sharding.make_mesh(setup.mesh_config(config), devices)
-    model_config = setup.model_config(config.model)
+    model_config = setup.model_config(config.model)  # kept as configured ("auto"): what checkpoints record
     lora = model_config.llm.lora if isinstance(model_config, VLMConfig) else model_config.lora
-    model = eval_model = build_model(model_config)  # validation never drops out
+    # the model runs the attention kernel resolved for the devices it compiles for (a TPU topology in `plan`)
+    model = eval_model = build_model(setup.for_platform(model_config, devices[0].platform))  # eval: no dropout
     if lora is not None and lora.dropout > 0:
         model = model.clone(deterministic=False)
     optim = setup.optim_config(config)

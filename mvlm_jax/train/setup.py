@@ -18,6 +18,7 @@ from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
 from data_pipelines.token_source import read_index
 from data_pipelines.tokenizer import Tokenizer
+from mvlm_jax.models import attention
 from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig,
                                     VLMConfig)
 from mvlm_jax.sharding import MeshConfig
@@ -35,7 +36,7 @@ def _preset(presets: dict, name: str, what: str):
 def model_config(model: ml_collections.ConfigDict) -> ModelConfig:
     lora = LoraConfig(**model.lora) if model.lora.rank else None
     llm = dataclasses.replace(_preset(LLAMA_PRESETS, model.llm, "llm"), dtype=model.dtype, remat_policy=model.remat,
-                              lora=lora, **dict(model.llm_overrides))
+                              lora=lora, attention_impl=model.attention, **dict(model.llm_overrides))
     if model.kind == "llm":
         return llm
     if model.kind != "vlm":
@@ -44,6 +45,14 @@ def model_config(model: ml_collections.ConfigDict) -> ModelConfig:
                                  **dict(model.vision_overrides))
     projector = dataclasses.replace(_preset(PROJECTOR_PRESETS, model.projector, "projector"), dtype=model.dtype)
     return VLMConfig(vision, projector, llm)
+
+
+def for_platform(config: ModelConfig, platform: str) -> ModelConfig:
+    """`config` with its LLM's attention kernel resolved for a compile target of `platform` ("auto" made
+    concrete; a kernel that cannot run there is a ValueError naming config.model.attention)."""
+    llm = config.llm if isinstance(config, VLMConfig) else config
+    llm = dataclasses.replace(llm, attention_impl=attention.resolve(llm.attention_impl, platform, llm.dtype))
+    return dataclasses.replace(config, llm=llm) if isinstance(config, VLMConfig) else llm
 
 
 def optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
