@@ -7,8 +7,17 @@
 1.4b / 2.7b: RedPajama v1 with the Table 12 mixture, sequences of 2048, global batch 2560 x 2048 tokens
 (5,242,880), AdamW betas (0.9, 0.95), weight decay 0.1, peak 3e-4 cosine to 3e-5 after 2000 warmup
 iterations, clipping 1.0, bf16 compute. tiny / demo: the embedded corpus on this CPU in minutes.
+
+context=8k (any size; a number of tokens, "k" = 1024): the short position-interpolation fine-tune of a
+pretrained model at a longer context (paper: "can be scaled to 8k for inference"; recipe of Chen et al.
+2023, arXiv 2306.15595: RoPE positions divided by context / pretraining length, about 1000 steps at the
+new length, lr 2e-5, no weight decay). It starts from init_from (default runs/pretrain-SIZE/model, where
+the command above leaves the model) and trains packed rows of the new length:
+
+  python -m mvlm_jax.train --config experiments/pretrain.py:size=1.4b,context=8k --workdir runs/pretrain-1.4b-8k
+  python -m mvlm_jax.train --config experiments/pretrain.py:size=tiny,context=512 --workdir runs/pretrain-tiny-512
 """
-from mvlm_jax.train.recipes import base_config, embedded_demo, parse_arg
+from mvlm_jax.train.recipes import base_config, embedded_demo, long_context, parse_arg
 
 REDPAJAMA_PARTS = ("arxiv", "book", "c4", "common_crawl", "github", "stackexchange", "wikipedia")
 
@@ -16,6 +25,11 @@ REDPAJAMA_PARTS = ("arxiv", "book", "c4", "common_crawl", "github", "stackexchan
 def get_config(arg=None):
     args = parse_arg(arg)
     size = args.get("size", "tiny")
+    c = _pretrain(size)
+    return long_context(c, args["context"], f"runs/pretrain-{size}/model") if "context" in args else c
+
+
+def _pretrain(size):
     c = base_config()
     c.model.llm = size
     if size == "tiny":

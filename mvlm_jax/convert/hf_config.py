@@ -1,6 +1,7 @@
 """Hugging Face config.json <-> our model configs, and which kind of checkpoint a directory holds."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,10 @@ def llama_from_hf(config: dict[str, Any], where: Path) -> LlamaConfig:
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ConversionError(f"{where}: attention_bias / mlp_bias are not supported (LLaMA has no biases)")
     rope = config.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
-    scaling = config.get("rope_scaling")
-    if scaling or rope.get("rope_type", "default") != "default":
-        raise ConversionError(f"{where}: rope scaling {scaling or rope} is not supported; only plain RoPE")
+    factor = rope_scaling_from_hf(config, where)
     hidden, heads = _require(config, "hidden_size", where), _require(config, "num_attention_heads", where)
     head_dim = config.get("head_dim")
-    return LlamaConfig(
+    llama = LlamaConfig(
         vocab_size=_require(config, "vocab_size", where), hidden_size=hidden,
         num_layers=_require(config, "num_hidden_layers", where), num_heads=heads,
         num_kv_heads=config.get("num_key_value_heads") or heads,
@@ -79,6 +78,34 @@ def llama_from_hf(config: dict[str, Any], where: Path) -> LlamaConfig:
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         bos_token_id=config.get("bos_token_id"), pad_token_id=config.get("pad_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos := config.get("eos_token_id"), list) else eos)
+    if factor == 1.0:
+        return llama
+    # HF's max_position_embeddings is the extended length; ours records the original one beside it
+    original = config.get("original_max_position_embeddings") or round(llama.max_position_embeddings / factor)
+    return dataclasses.replace(llama, rope_scaling_factor=factor, original_max_position_embeddings=original)
+
+
+def rope_scaling_from_hf(config: dict[str, Any], where: Path) -> float:
+    """The linear position-interpolation factor of a LLaMA config.json (1.0: plain RoPE). transformers 5
+    writes `rope_parameters` {"rope_type", "factor", "rope_theta"}; older configs `rope_scaling` {"type" or
+    "rope_type", "factor"}; when both are there transformers reads `rope_scaling`, and so do we."""
+    for key in ("rope_scaling", "rope_parameters"):
+        scaling = config.get(key)
+        if not scaling:
+            continue
+        if not isinstance(scaling, dict):
+            raise ConversionError(f"{where}: {key} {scaling!r} is not a dict")
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type == "default":
+            return 1.0
+        if rope_type != "linear":
+            raise ConversionError(f"{where}: {key}.rope_type {rope_type!r} is not supported; only 'linear' "
+                                  "position interpolation (or plain RoPE)")
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1.0:
+            raise ConversionError(f"{where}: {key}.factor {factor!r} must be a number >= 1 for linear RoPE scaling")
+        return float(factor)
+    return 1.0
 
 
 def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -88,11 +115,22 @@ def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads, "head_dim": config.resolved_head_dim,
         "hidden_act": "silu", "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, "rope_scaling": None,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, **rope_scaling_to_hf(config),
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token_id, "pad_token_id": config.pad_token_id,
         "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
         "torch_dtype": "float32"}
+
+
+def rope_scaling_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The config.json keys of the RoPE scaling: `rope_scaling` as transformers >= 4.43 reads it,
+    `rope_parameters` as transformers 5 writes it, and the original length (a key transformers keeps
+    but does not read for linear scaling)."""
+    if config.rope_scaling_factor == 1.0:
+        return {"rope_scaling": None}
+    scaling = {"rope_type": "linear", "factor": config.rope_scaling_factor}
+    return {"rope_scaling": scaling, "rope_parameters": {**scaling, "rope_theta": config.rope_theta},
+            "original_max_position_embeddings": config.original_context}
 
 
 def vision_from_hf(config: dict[str, Any], where: Path, select_layer: int = -2,

@@ -141,9 +141,11 @@ class JaxAnswerer:
         """A Generator whose cache holds `positions` slots, rounded up to a power of two of at least
         MIN_CACHE (few lengths ever compile). As the official generate(), answers are not cut at the
         trained context."""
-        from mvlm_jax.generate.engine import Generator
+        from mvlm_jax.generate.engine import Generator, position_limit
 
         length = max(MIN_CACHE, 1 << max(positions - 1, 0).bit_length())
+        limit = position_limit(self.config.llm)
+        length = max(positions, min(length, limit)) if limit else length  # a longer request is refused there
         if length not in self.generators:
             self.generators[length] = Generator(self.config, self.params, max_len=length, devices=self.devices)
         return self.generators[length]

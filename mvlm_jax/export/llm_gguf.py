@@ -128,6 +128,10 @@ def llm_metadata(config: LlamaConfig, name: str, file_type: gguf.LlamaFileType,
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_rope_freq_base(config.rope_theta)
         writer.add_rope_dimension_count(config.resolved_head_dim)
+        if config.rope_scaling_factor != 1.0:  # context_length above is already the extended one
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(config.rope_scaling_factor)
+            writer.add_rope_scaling_orig_ctx_len(config.original_context)
         if config.head_dim is not None:
             writer.add_key_length(config.resolved_head_dim)
             writer.add_value_length(config.resolved_head_dim)

@@ -108,6 +108,18 @@ class Static:
         return isinstance(self.config, VLMConfig)
 
 
+def position_limit(config: LlamaConfig) -> int | None:
+    """The most positions generation may use: max_position_embeddings for a model with RoPE scaling (past
+    it the interpolated positions leave the trained range too); None (no limit) for plain RoPE, which
+    runs past its trained context as the official generate() does."""
+    return config.max_position_embeddings if config.rope_scaling_factor != 1.0 else None
+
+
+def describe_limit(config: LlamaConfig) -> str:
+    return (f"max_position_embeddings {config.max_position_embeddings} (rope_scaling_factor "
+            f"{config.rope_scaling_factor:g} x original_max_position_embeddings {config.original_context})")
+
+
 def init_cache(config: LlamaConfig, batch: int, max_len: int) -> KVCache:
     """Zeroed (key, value), each [layers, batch, kv_heads, max_len, head_dim] in the compute dtype."""
     shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.resolved_head_dim)
@@ -200,6 +212,9 @@ class Generator:
         self.config = config
         self.llm_config = config.llm if isinstance(config, VLMConfig) else config
         self.max_len = int(max_len or self.llm_config.max_position_embeddings)
+        limit = position_limit(self.llm_config)
+        if limit is not None and self.max_len > limit:
+            raise ValueError(f"max_len {self.max_len} is past the model's extended context: {describe_limit(self.llm_config)}")
         self.eos_ids = _eos_tuple(self.llm_config.eos_token_id if eos_ids is None else eos_ids)
         if len(self.eos_ids) > MAX_EOS_IDS:
             raise ValueError(f"at most {MAX_EOS_IDS} EOS ids, got {len(self.eos_ids)}")
@@ -261,9 +276,11 @@ class Generator:
         limit = self.max_len - max_new_tokens + 1  # slots left for the prompt
         for i, (ids, _) in enumerate(widened):
             if len(ids) > limit:
+                scaled = position_limit(self.llm_config) is not None
                 raise ValueError(f"prompt {i} takes {len(ids)} positions (image slots included); with "
                                  f"max_new_tokens {max_new_tokens} it needs {len(ids) + max_new_tokens - 1} of "
-                                 f"the {self.max_len} cache positions (max_len)")
+                                 f"the {self.max_len} cache positions (max_len)"
+                                 + (f"; the model's extended context: {describe_limit(self.llm_config)}" if scaled else ""))
         length = bucket_length(max(len(ids) for ids, _ in widened), limit)
         tokens = np.full((len(requests), length), self.pad_id, np.int32)
         valid = np.zeros((len(requests), length), bool)

@@ -39,7 +39,12 @@ class LlamaConfig:
     intermediate_size: int = 5632
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    max_position_embeddings: int = 2048
+    # Linear position interpolation (Chen et al. 2023, arXiv 2306.15595; HF rope_type "linear"): RoPE
+    # sees position / rope_scaling_factor, so a model trained on original_max_position_embeddings
+    # positions runs up to factor x that many. 1.0 = plain RoPE. `with_rope_scaling` sets all three.
+    rope_scaling_factor: float = 1.0
+    max_position_embeddings: int = 2048  # the positions the model runs at (extended length when scaled)
+    original_max_position_embeddings: int | None = None  # the training length before scaling; None: unscaled
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1  # kept for export (HF config, GGUF metadata); the model never reads them
     eos_token_id: int | tuple[int, ...] | None = 2
@@ -59,6 +64,14 @@ class LlamaConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not self.rope_scaling_factor >= 1.0:  # also refuses NaN
+            raise ValueError(f"rope_scaling_factor {self.rope_scaling_factor} is below 1: linear position "
+                             "interpolation only extends the context (1.0 = no scaling)")
+
+    @property
+    def original_context(self) -> int:
+        """The context length the model was pretrained at (before any RoPE scaling)."""
+        return self.original_max_position_embeddings or self.max_position_embeddings
 
     @property
     def kv_dim(self) -> int:
@@ -145,6 +158,21 @@ class VLMConfig:
     @property
     def num_visual_tokens(self) -> int:
         return projector_output_tokens(self.projector, self.vision.num_output_tokens)
+
+
+def with_rope_scaling(config: LlamaConfig, factor: float, original: int | None = None) -> LlamaConfig:
+    """`config` extended by linear position interpolation: max_position_embeddings becomes
+    round(factor x original), the original length (default: the config's own, before any earlier scaling)
+    is kept in original_max_position_embeddings. factor 1.0 gives the unscaled config back."""
+    original = original or config.original_context
+    if not factor >= 1.0:
+        raise ValueError(f"rope_scaling_factor {factor} is below 1: linear position interpolation only "
+                         "extends the context (1.0 = no scaling)")
+    if factor == 1.0:
+        return dataclasses.replace(config, rope_scaling_factor=1.0, max_position_embeddings=original,
+                                   original_max_position_embeddings=None)
+    return dataclasses.replace(config, rope_scaling_factor=float(factor), max_position_embeddings=round(factor * original),
+                               original_max_position_embeddings=original)
 
 
 def projector_output_tokens(config: ProjectorConfig, num_input_tokens: int) -> int:

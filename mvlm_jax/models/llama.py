@@ -22,10 +22,14 @@ from mvlm_jax.models.layers import DTYPES, Linear, RMSNorm, param_with_axes, sca
 Rope = tuple[jax.Array, jax.Array]  # (cos, sin), each [batch, seq, 1, head_dim] float32
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> Rope:
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, scaling_factor: float = 1.0) -> Rope:
     """cos and sin of HF's rotary angles for [batch, seq] positions, computed once per forward and shared
-    by every layer (inside the layers they would be recomputed per layer, for queries and keys)."""
+    by every layer (inside the layers they would be recomputed per layer, for queries and keys).
+    scaling_factor > 1: linear position interpolation, the angles of position / factor (HF divides the
+    inverse frequencies, llama.cpp multiplies the angle by 1 / factor: the same float32 products here)."""
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if scaling_factor != 1.0:
+        inv_freq = inv_freq / scaling_factor
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, seq, head_dim / 2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     return jnp.cos(angles), jnp.sin(angles)
@@ -183,7 +187,9 @@ class MobileLLaMA(nn.Module):
         return self.head(x)
 
     def rope(self, positions: jax.Array) -> Rope:
-        return rope_tables(positions, self.config.resolved_head_dim, self.config.rope_theta)
+        """rope_tables of [batch, seq] int32 positions, with the config's linear scaling."""
+        cfg = self.config
+        return rope_tables(positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
 
     def head(self, x: jax.Array) -> jax.Array:
         """Final norm and LM head: [batch, seq, embed] -> float32 logits [batch, seq, vocab]."""

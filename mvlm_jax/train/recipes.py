@@ -65,3 +65,41 @@ def embedded_demo(c: ml_collections.ConfigDict) -> None:
     # XLA:CPU's dense attention computes every masked score; rows of 512 train about 2x faster per attention
     # layer without the blocks after the diagonal (bench.attention, docs/PERFORMANCE.md).
     c.model.attention = "causal_blocks"
+
+
+def parse_context(value: str) -> int:
+    """"8k" -> 8192, "512" -> 512."""
+    text = value.strip().lower()
+    try:
+        return int(text[:-1]) * 1024 if text.endswith("k") else int(text)
+    except ValueError:
+        raise ValueError(f"context={value!r}: expected a number of tokens such as 512 or 8k") from None
+
+
+def long_context(c: ml_collections.ConfigDict, context: str, pretrained: str) -> ml_collections.ConfigDict:
+    """The position-interpolation fine-tune of a pretraining recipe `c` (trained at c.data.seq_len) at
+    `context` tokens: RoPE scaled linearly by context / seq_len, packed rows of `context` tokens with the
+    pretraining's tokens per step (fewer rows; accumulation and mesh unchanged), starting from the
+    `pretrained` model checkpoint (init_from), no weight decay, a constant learning rate after 20 warmup
+    steps. Chen et al. 2023 (arXiv 2306.15595) fine-tune LLaMA 1000 steps of 64 x 8192 tokens (0.5 B) at
+    lr 2e-5: the paper sizes take 100 steps of 5.2 M tokens at 2e-5 (the same token budget); the small
+    ones a tenth of their pretraining steps at a tenth of its peak learning rate (our choice)."""
+    original, length = c.data.seq_len, parse_context(context)
+    if length < original:
+        raise ValueError(f"context={context}: {length} tokens is below the pretraining length {original} "
+                         "(rope_scaling_factor would be below 1)")
+    c.model.llm_overrides = dict(c.model.llm_overrides, rope_scaling_factor=length / original,
+                                 original_max_position_embeddings=original, max_position_embeddings=length)
+    c.data.seq_len = length
+    c.init_from = (f"={pretrained}",)
+    c.train.batch_size = max(c.train.accumulation_steps, c.train.batch_size * original // length)
+    paper_scale = c.train.total_steps > 100_000
+    steps = 100 if paper_scale else max(20, c.train.total_steps // 10)
+    learning_rate = 2e-5 if paper_scale else c.optim.learning_rate / 10
+    c.train.total_steps = steps
+    c.optim.update(learning_rate=learning_rate, min_learning_rate=learning_rate, warmup_steps=min(20, steps // 5),
+                   warmup_ratio=0.0, weight_decay=0.0)
+    c.checkpoint.every = min(c.checkpoint.every, steps)
+    if c.eval.every:
+        c.eval.every = min(c.eval.every, steps)
+    return c
