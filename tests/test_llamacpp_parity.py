@@ -1,4 +1,5 @@
-"""Exported GGUF files run in stock llama.cpp (llama-cpp-python 0.3.36) with proven parity.
+"""Exported GGUF files run in stock llama.cpp (llama-cpp-python 0.3.36) with proven parity (also with
+linear RoPE scaling, past the trained length).
 
 Tolerances: f32 logits within 1e-3 of JAX; f16 within 1 % and q8_0 within 10 % of the largest logit with
 top-1 agreement measured; image embeddings within 0.5 % of the largest value (llama.cpp evaluates GELU
@@ -19,6 +20,7 @@ from mvlm_jax.edge.llamacpp import LlamaCppModel
 from mvlm_jax.export.gguf_file import export_gguf
 from mvlm_jax.export.llamacpp_vision import llamacpp_image_embeddings
 from mvlm_jax.models import build_model
+from mvlm_jax.models.config import with_rope_scaling
 from test_vlm import build_mobilevlm
 
 PROMPT = [1] + np.random.default_rng(0).integers(3, 320, 47).tolist()
@@ -50,6 +52,26 @@ def test_llamacpp_logits_equal_jax(llm, tmp_path, file_type):
     else:
         assert error <= TOLERANCE[file_type] * np.abs(expected).max()
         assert top1 >= (1.0 if file_type == "f16" else 0.9)
+
+
+def test_scaled_rope_logits_equal_jax_past_the_original_length(tmp_path):
+    """Linear RoPE scaling 4 from 32 trained positions: llama.cpp reads the scaling keys and its logits at
+    all 128 positions equal JAX's (f32 file, the tolerance of the f32 test above)."""
+    config = with_rope_scaling(gguf_helpers.llm_config(max_position_embeddings=32), 4.0)
+    ckpt, params = gguf_helpers.checkpoint(tmp_path / "llm", config)
+    prompt = [1] + np.random.default_rng(1).integers(3, 320, 127).tolist()
+    expected = np.asarray(build_model(config).apply({"params": params}, jnp.asarray([prompt])))[0]
+    (path,) = export_gguf(ckpt, tmp_path / "out", "f32")
+    fields = {name: field.contents() for name, field in gguf.GGUFReader(path).fields.items()}
+    assert fields["llama.rope.scaling.type"] == "linear" and fields["llama.rope.scaling.factor"] == 4.0
+    assert (fields["llama.rope.scaling.original_context_length"], fields["llama.context_length"]) == (32, 128)
+    with LlamaCppModel(path, n_ctx=128) as model:
+        got = model.logits(prompt)
+    error = np.abs(got - expected).max()
+    print(f"scaled RoPE: max |llama.cpp - JAX| {error:.2e} over positions 0..127 (trained: 0..31)")
+    assert error <= 1e-3 and np.mean(got.argmax(-1) == expected.argmax(-1)) == 1.0
+    plain = np.asarray(build_model(with_rope_scaling(config, 1.0)).apply({"params": params}, jnp.asarray([prompt])))[0]
+    assert np.abs(got - plain)[32:].max() > 100 * error  # llama.cpp did scale: plain RoPE is far off
 
 
 def _sp(ckpt):
