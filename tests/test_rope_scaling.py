@@ -14,7 +14,7 @@ import transformers
 import hf_builders
 from mvlm_jax.checkpoint import load_model
 from mvlm_jax.convert.hf import export_hf, import_hf
-from mvlm_jax.convert.hf_config import llama_from_hf
+from mvlm_jax.convert.hf_config import llama_from_hf, llama_to_hf
 from mvlm_jax.convert.mapping import ConversionError
 from mvlm_jax.generate import Generator, Request, SamplingConfig
 from mvlm_jax.models import build_model
@@ -71,6 +71,14 @@ def test_hf_import_reads_the_legacy_rope_scaling_key():
     ours = llama_from_hf(config, Path("config.json"))
     assert (ours.rope_scaling_factor, ours.original_context, ours.max_position_embeddings, ours.rope_theta) == \
         (4.0, 2048, 8192, 500.0)
+
+
+def test_mobilevlm_layout_writes_the_form_its_transformers_reads():
+    """The official MobileVLM code pins transformers 4.33.1: rope_scaling with exactly `type` and `factor`."""
+    config = with_rope_scaling(LlamaConfig(max_position_embeddings=2048), 4.0)
+    written = llama_to_hf(config, legacy_rope_scaling=True)
+    assert written["rope_scaling"] == {"type": "linear", "factor": 4.0} and "rope_parameters" not in written
+    assert llama_from_hf(written, Path("config.json")) == config
 
 
 def hf_logits(model: torch.nn.Module, tokens: np.ndarray) -> np.ndarray:

@@ -119,7 +119,8 @@ def _export_plan(config: ModelConfig, out: Path) -> tuple[Mapping, dict]:
         # The official loader builds the tower with CLIPVisionModel.from_pretrained(mm_vision_tower): a hub
         # id when the architecture is a known one, else the tower directory written beside the checkpoint.
         tower = hf_config.known_tower(config.vision) or str(out.absolute() / TOWER_DIR)
-        hf = {**hf_config.llama_to_hf(config.llm), "architectures": ["MobileLlamaForCausalLM"],
+        hf = {**hf_config.llama_to_hf(config.llm, legacy_rope_scaling=True),  # the official code's transformers
+              "architectures": ["MobileLlamaForCausalLM"],
               "model_type": "mobilevlm", **hf_config.projector_to_hf(config.projector),
               "mm_hidden_size": config.vision.width, "mm_vision_select_layer": config.vision.select_layer,
               "mm_vision_select_feature": config.vision.select_feature, "mm_vision_tower": tower,

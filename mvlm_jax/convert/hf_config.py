@@ -108,26 +108,33 @@ def rope_scaling_from_hf(config: dict[str, Any], where: Path) -> float:
     return 1.0
 
 
-def llama_to_hf(config: LlamaConfig) -> dict[str, Any]:
+def llama_to_hf(config: LlamaConfig, legacy_rope_scaling: bool = False) -> dict[str, Any]:
+    """config.json of a LlamaForCausalLM; legacy_rope_scaling: the RoPE scaling as transformers < 4.43 reads
+    it (the MobileVLM layout, whose official code pins transformers 4.33.1)."""
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
         "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads, "head_dim": config.resolved_head_dim,
         "hidden_act": "silu", "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta, **rope_scaling_to_hf(config),
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        **rope_scaling_to_hf(config, legacy_rope_scaling),
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token_id, "pad_token_id": config.pad_token_id,
         "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
         "torch_dtype": "float32"}
 
 
-def rope_scaling_to_hf(config: LlamaConfig) -> dict[str, Any]:
+def rope_scaling_to_hf(config: LlamaConfig, legacy: bool = False) -> dict[str, Any]:
     """The config.json keys of the RoPE scaling: `rope_scaling` as transformers >= 4.43 reads it,
-    `rope_parameters` as transformers 5 writes it, and the original length (a key transformers keeps
-    but does not read for linear scaling)."""
+    `rope_parameters` as transformers 5 writes it, and the original length (a key transformers keeps but
+    does not read for linear scaling). legacy: `rope_scaling` {"type", "factor"} alone, the only form
+    transformers 4.33 accepts (exactly these two fields, factor a float > 1); transformers 5 reads it too."""
     if config.rope_scaling_factor == 1.0:
         return {"rope_scaling": None}
+    if legacy:
+        return {"rope_scaling": {"type": "linear", "factor": config.rope_scaling_factor},
+                "original_max_position_embeddings": config.original_context}
     scaling = {"rope_type": "linear", "factor": config.rope_scaling_factor}
     return {"rope_scaling": scaling, "rope_parameters": {**scaling, "rope_theta": config.rope_theta},
             "original_max_position_embeddings": config.original_context}

@@ -214,7 +214,8 @@ class Generator:
         self.max_len = int(max_len or self.llm_config.max_position_embeddings)
         limit = position_limit(self.llm_config)
         if limit is not None and self.max_len > limit:
-            raise ValueError(f"max_len {self.max_len} is past the model's extended context: {describe_limit(self.llm_config)}")
+            raise ValueError(f"max_len {self.max_len} is past the model's extended context: "
+                             f"{describe_limit(self.llm_config)}")
         self.eos_ids = _eos_tuple(self.llm_config.eos_token_id if eos_ids is None else eos_ids)
         if len(self.eos_ids) > MAX_EOS_IDS:
             raise ValueError(f"at most {MAX_EOS_IDS} EOS ids, got {len(self.eos_ids)}")

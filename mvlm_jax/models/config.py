@@ -171,7 +171,8 @@ def with_rope_scaling(config: LlamaConfig, factor: float, original: int | None =
     if factor == 1.0:
         return dataclasses.replace(config, rope_scaling_factor=1.0, max_position_embeddings=original,
                                    original_max_position_embeddings=None)
-    return dataclasses.replace(config, rope_scaling_factor=float(factor), max_position_embeddings=round(factor * original),
+    return dataclasses.replace(config, rope_scaling_factor=float(factor),
+                               max_position_embeddings=round(factor * original),
                                original_max_position_embeddings=original)
 
 
