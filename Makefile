@@ -35,6 +35,7 @@ bench:
 	$(PY) -m bench.generate_throughput
 	$(PY) -m bench.edge_latency
 	$(PY) -m bench.eval_throughput
+	$(PY) -m bench.rope_interpolation
 
 pretrain:
 	$(PY) -m mvlm_jax.train --config experiments/pretrain.py:size=$(SIZE) --workdir $(WORKDIR) $(ARGS)

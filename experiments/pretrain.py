@@ -9,10 +9,11 @@
 iterations, clipping 1.0, bf16 compute. tiny / demo: the embedded corpus on this CPU in minutes.
 
 context=8k (any size; a number of tokens, "k" = 1024): the short position-interpolation fine-tune of a
-pretrained model at a longer context (paper: "can be scaled to 8k for inference"; recipe of Chen et al.
-2023, arXiv 2306.15595: RoPE positions divided by context / pretraining length, about 1000 steps at the
-new length, lr 2e-5, no weight decay). It starts from init_from (default runs/pretrain-SIZE/model, where
-the command above leaves the model) and trains packed rows of the new length:
+pretrained model at a longer context (paper: "can be scaled to 8k for inference"; position interpolation
+of Chen et al. 2023, arXiv 2306.15595: RoPE positions divided by context / pretraining length, then a
+short fine-tune at the new length; mvlm_jax.train.recipes.long_context). It starts from init_from
+(default runs/pretrain-SIZE/model, where the command above leaves the model) and trains packed rows of
+the new length:
 
   python -m mvlm_jax.train --config experiments/pretrain.py:size=1.4b,context=8k --workdir runs/pretrain-1.4b-8k
   python -m mvlm_jax.train --config experiments/pretrain.py:size=tiny,context=512 --workdir runs/pretrain-tiny-512

@@ -81,9 +81,10 @@ def long_context(c: ml_collections.ConfigDict, context: str, pretrained: str) ->
     `context` tokens: RoPE scaled linearly by context / seq_len, packed rows of `context` tokens with the
     pretraining's tokens per step (fewer rows; accumulation and mesh unchanged), starting from the
     `pretrained` model checkpoint (init_from), no weight decay, a constant learning rate after 20 warmup
-    steps. Chen et al. 2023 (arXiv 2306.15595) fine-tune LLaMA 1000 steps of 64 x 8192 tokens (0.5 B) at
-    lr 2e-5: the paper sizes take 100 steps of 5.2 M tokens at 2e-5 (the same token budget); the small
-    ones a tenth of their pretraining steps at a tenth of its peak learning rate (our choice)."""
+    steps. Chen et al. 2023 (arXiv 2306.15595) adapt LLaMA "within 1000 steps" (abstract); their setup
+    as we recall it, not re-checked here: 1000 steps of 64 x 8192 tokens (0.5 B), lr 2e-5. The paper
+    sizes take 100 steps of 5.2 M tokens at 2e-5 (about that token budget); the small ones a tenth of
+    their pretraining steps at a tenth of its peak learning rate (our choice; docs/TRAINING.md measures it)."""
     original, length = c.data.seq_len, parse_context(context)
     if length < original:
         raise ValueError(f"context={context}: {length} tokens is below the pretraining length {original} "
