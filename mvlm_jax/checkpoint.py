@@ -74,19 +74,31 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
     return from_dict(data, where=str(path))
 
 
-def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
-    """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings, so that
-    parameters are restored directly into their sharded layout."""
-    directory = Path(directory).absolute()
-    config = load_config(directory)
-    params_path = directory / PARAMS_DIR
-    if not params_path.is_dir():
-        raise FileNotFoundError(f"{params_path}: missing parameter checkpoint")
+def _params_path(directory: str | os.PathLike) -> Path:
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: missing parameter checkpoint")
+    return path
+
+
+def param_shapes(directory: str | os.PathLike) -> Any:
+    """The stored parameters as a tree of jax.ShapeDtypeStruct, read from the metadata alone."""
+    load_config(directory)  # a model checkpoint at all?
     with _checkpointer() as checkpointer:
-        if target is None:
-            metadata = checkpointer.metadata(params_path)
-            tree = getattr(metadata, "item_metadata", metadata)
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+        metadata = checkpointer.metadata(_params_path(directory))
+    tree = getattr(metadata, "item_metadata", metadata)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+
+
+def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
+    """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings (all of the
+    stored parameters or a subtree of them), so that each process reads only the slices its devices hold,
+    straight into their sharded layout."""
+    config = load_config(directory)
+    params_path = _params_path(directory)
+    partial = target is not None  # the other stored parameters are left unread
+    target = param_shapes(directory) if target is None else target
+    with _checkpointer() as checkpointer:
         params = checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=partial))
     return params, config
