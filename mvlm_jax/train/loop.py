@@ -3,8 +3,8 @@ logging, checkpointing: mvlm_jax.train.hooks) run when due, top to bottom.
 
 It knows neither the model family nor the stage: the experiment config says what trains (path patterns),
 which data feeds it and where the weights come from. Resume order: the workdir's own latest good
-checkpoint, then `init_from` (mvlm_jax.train.initial), then a fresh initialisation of what init_from does not
-cover.
+checkpoint (its frozen parameters from WORKDIR/frozen), then `init_from` (mvlm_jax.train.initial), then a
+fresh initialisation of what init_from does not cover.
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
                                                    jax.process_count()),
                             run.eval_step, run.batch_sharding, mesh) if config.eval.every else None
 
-    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config))
+    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config),
+                                   workdir_path / "frozen")
     metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
     checkpoints.check_compatible(metadata)
     restored = checkpoints.restore_latest(run.abstract_state, data)
