@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grain
 import jax
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from mvlm_jax.train.frozen_copy import FrozenCopy, FrozenCopyError
 
 FROZEN_CHECKSUM = "frozen_checksum"  # metadata key; absent from checkpoints that hold the frozen params themselves
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -131,7 +132,7 @@ class TrainCheckpoints:
             self._fail(step, str(failure))
         return params
 
-    def _fail(self, step: int, reason: str) -> Any:
+    def _fail(self, step: int, reason: str) -> NoReturn:
         raise FrozenCopyError(f"{reason}. Every checkpoint in {self.manager.directory} (step {step} and older) "
                               f"needs the frozen parameters of {self.frozen.directory}: put that directory back "
                               "as it was written, or move the checkpoints away to start over")
