@@ -8,6 +8,7 @@ Layout of CKPT_DIR:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -26,7 +27,7 @@ PARAMS_DIR = "params"
 TOKENIZER_FILE = "tokenizer.model"
 
 
-def _checkpointer() -> ocp.Checkpointer:
+def _checkpointer(restore_gb: int = 1) -> ocp.Checkpointer:
     """A synchronous checkpointer that writes host (numpy) arrays without copying them first.
 
     orbax deep-copies every numpy leaf before an (asynchronous) save by default, which doubles peak
@@ -39,11 +40,12 @@ def _checkpointer() -> ocp.Checkpointer:
         (float, type_handlers.ScalarHandler()))
     # No zstd: float weights barely compress, and compressed chunks are buffered (about 0.8x the data).
     # No OCDBT: it copies every array past 2 GiB (the 2.7B MLP stacks) while writing; plain zarr does not.
-    # Host arrays, written and read by this process alone: no barriers with the other processes of a
-    # multi-host job (a training run writes its final model from process 0 only).
+    # Each process writes or reads alone (host arrays, or the slices its own devices hold): no barriers with
+    # the other processes of a multi-host job (a training run writes its final model from process 0 only).
     alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
-    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, restore_concurrent_gb=1, use_compression=False,
-                                          use_ocdbt=False, type_handler_registry=registry, multiprocessing_options=alone)
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, restore_concurrent_gb=restore_gb,
+                                          use_compression=False, use_ocdbt=False, type_handler_registry=registry,
+                                          multiprocessing_options=alone)
     return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
@@ -74,19 +76,35 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
     return from_dict(data, where=str(path))
 
 
-def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
-    """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings, so that
-    parameters are restored directly into their sharded layout."""
-    directory = Path(directory).absolute()
-    config = load_config(directory)
-    params_path = directory / PARAMS_DIR
-    if not params_path.is_dir():
-        raise FileNotFoundError(f"{params_path}: missing parameter checkpoint")
+def _params_path(directory: str | os.PathLike) -> Path:
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: missing parameter checkpoint")
+    return path
+
+
+def param_shapes(directory: str | os.PathLike) -> Any:
+    """The stored parameters as a tree of jax.ShapeDtypeStruct, read from the metadata alone."""
+    load_config(directory)  # a model checkpoint at all?
     with _checkpointer() as checkpointer:
-        if target is None:
-            metadata = checkpointer.metadata(params_path)
-            tree = getattr(metadata, "item_metadata", metadata)
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+        metadata = checkpointer.metadata(_params_path(directory))
+    tree = getattr(metadata, "item_metadata", metadata)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+
+
+def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
+    """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings (all of the
+    stored parameters or a subtree of them), so that each process reads only the slices its devices hold,
+    straight into their sharded layout."""
+    config = load_config(directory)
+    params_path = _params_path(directory)
+    partial = target is not None  # the other stored parameters are left unread
+    stored = param_shapes(directory)
+    target = stored if target is None else target
+    # A sharded read decodes whole stored chunks (save_model stores each array as one chunk), and orbax refuses
+    # a read larger than its in-flight limit: the limit is at least the largest array (2.26 GB at 2.7B).
+    largest = max((leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(stored)), default=0)
+    with _checkpointer(restore_gb=max(1, math.ceil(largest / 1e9))) as checkpointer:
         params = checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=partial))
     return params, config

@@ -3,15 +3,15 @@ logging, checkpointing: mvlm_jax.train.hooks) run when due, top to bottom.
 
 It knows neither the model family nor the stage: the experiment config says what trains (path patterns),
 which data feeds it and where the weights come from. Resume order: the workdir's own latest good
-checkpoint, then `init_from`, then a fresh initialisation.
+checkpoint (its frozen parameters from WORKDIR/frozen), then `init_from` (mvlm_jax.train.initial), then a
+fresh initialisation of what init_from does not cover.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from data_pipelines.pretrain_pipeline import batch_hash
 from mvlm_jax import sharding
-from mvlm_jax.checkpoint import load_model, save_model
-from mvlm_jax.models import example_inputs
+from mvlm_jax.checkpoint import save_model
 from mvlm_jax.models.config import to_dict
 from mvlm_jax.train import setup
 from mvlm_jax.train.run import build_run
@@ -28,41 +27,14 @@ from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.hooks import Hook, StepContext, due_hooks, run_hooks
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
 from mvlm_jax.train.preemption import PreemptionWatch
-from mvlm_jax.sharding import path_of
-from mvlm_jax.train.partition import count, describe, merge, split
-from mvlm_jax.train.step import init_state
+from mvlm_jax.train.partition import count, describe, merge
+from mvlm_jax.train.initial import initial_state
 from mvlm_jax.train.validation import Validation, validation_hook
 from mvlm_jax.eval.during_training import benchmark_hook
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-def _initial_params(config, model, model_config, rng, param_shardings, mesh) -> Any:
-    init_fn = lambda key: model.init(key, *example_inputs(model_config))["params"]  # noqa: E731
-    with sharding.activate(mesh):
-        params = jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=param_shardings)(rng)
-    for spec in config.init_from:
-        part, _, directory = spec.partition("=")
-        loaded, loaded_config = load_model(directory)
-        target = params[part] if part else params
-        shapes = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(target)}
-        got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-        # Fresh LoRA adapters may be missing from a base checkpoint: they keep their initialisation.
-        missing = sorted(k for k in set(shapes) - set(got) if "lora_" not in k)
-        extra = sorted(set(got) - set(shapes))
-        wrong = sorted(k for k in set(shapes) & set(got) if shapes[k] != got[k])
-        if missing or extra or wrong:
-            raise ValueError(f"init_from {spec}: parameters do not fit config.model{('.' + part) if part else ''}: "
-                             f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}")
-        shardings = param_shardings[part] if part else param_shardings
-        loaded_paths = {path_of(key_path) for key_path, _ in jax.tree_util.tree_leaves_with_path(loaded)}
-        placed = merge(target, jax.tree.map(lambda array, s: jax.device_put(array, s), loaded,
-                                            split(shardings, lambda path: path in loaded_paths)[0]))
-        params = {**params, part: placed} if part else placed
-        print(f"initialised {part or 'the model'} from {directory} ({type(loaded_config).__name__})")
-    return params
 
 
 def save_final_model(directory: Path, state: dict, model_config, tokenizer: str | None = None) -> None:
@@ -87,15 +59,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     examples = setup.epoch_plan(config, setup.model_config(config.model), workdir_path,
                                 write=jax.process_index() == 0)
     run = build_run(config)
-    mesh, model, model_config, optimizer = run.mesh, run.model, run.model_config, run.optimizer
-    state_shardings = run.state_shardings
+    mesh, model_config = run.mesh, run.model_config
     benchmarks = benchmark_hook(config, model_config, workdir_path)  # checks its files before any data is read
     data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count(), examples)
     validation = Validation(setup.held_out_batches(config, model_config, workdir_path, jax.process_index(),
                                                    jax.process_count()),
                             run.eval_step, run.batch_sharding, mesh) if config.eval.every else None
 
-    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config))
+    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config),
+                                   workdir_path / "frozen")
     metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
     checkpoints.check_compatible(metadata)
     restored = checkpoints.restore_latest(run.abstract_state, data)
@@ -104,11 +76,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         print(f"resumed from {workdir_path / 'checkpoints'} at step {start_step}")
     else:
         start_step = 0
-        rng = jax.random.key(config.train.seed)
-        params = _initial_params(config, model, model_config, rng, run.param_shardings, mesh)
-        trainable, frozen = split(params, run.trainable_of)
-        state = jax.jit(lambda t, f, key: init_state(t, f, optimizer, key), out_shardings=state_shardings)(
-            trainable, frozen, jax.random.fold_in(rng, 1))
+        state = initial_state(config.init_from, run, jax.random.key(config.train.seed))
     print(describe(state["trainable"], state["frozen"]))
     llm_part = lambda tree: tree.get("llm", {}) if "llm" in state["frozen"] or "llm" in state["trainable"] else tree  # noqa: E731
     llm_trained = count(llm_part(state["trainable"]))

@@ -126,6 +126,10 @@ def make_eval_step(model: nn.Module, accumulation_steps: int = 1) -> Callable[[S
     return eval_step
 
 
+def init_optimizer_state(trainable: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> State:
+    """The state beside the parameters: {"opt_state", "step", "rng"}."""
+    return {"opt_state": optimizer.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
 def init_state(trainable: Any, frozen: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> State:
-    return {"trainable": trainable, "frozen": frozen, "opt_state": optimizer.init(trainable),
-            "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return {"trainable": trainable, "frozen": frozen, **init_optimizer_state(trainable, optimizer, rng)}
