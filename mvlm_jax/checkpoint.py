@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import type_handlers
 
 from mvlm_jax.atomic import atomic_directory
 from mvlm_jax.models.config import ModelConfig, from_dict, to_dict
+from mvlm_jax.paths import as_path, probe
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -48,24 +48,24 @@ def _checkpointer() -> ocp.Checkpointer:
 
 
 def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False,
-               tokenizer: str | os.PathLike | None = None) -> Path:
+               tokenizer: str | os.PathLike | None = None) -> epath.Path:
     """Write params (numpy or jax arrays), config and optionally a copy of the tokenizer atomically to
-    `directory`."""
+    `directory` (local or gs://; on gs:// the config goes up last: load_config refuses a directory without it)."""
     # Host copies of (addressable) device arrays: orbax's jax.Array handler caps one write at 1e9 bytes,
     # which a 1.4B model's MLP stacks exceed; on the CPU this makes no copy.
     params = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, params)
-    with atomic_directory(directory, force=force) as partial:
+    with atomic_directory(directory, force=force, last=(CONFIG_FILE,)) as partial:
         if tokenizer is not None:
-            shutil.copyfile(tokenizer, partial / TOKENIZER_FILE)
+            (partial / TOKENIZER_FILE).write_bytes(as_path(tokenizer, "tokenizer").read_bytes())
         with _checkpointer() as checkpointer:
             checkpointer.save(partial / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         (partial / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    return Path(directory).absolute()
+    return as_path(directory)
 
 
 def load_config(directory: str | os.PathLike) -> ModelConfig:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
+    path = as_path(directory, "model checkpoint") / CONFIG_FILE
+    if not probe(path):
         raise FileNotFoundError(f"{path}: missing; {directory} is not a model checkpoint")
     try:
         data = json.loads(path.read_text())
@@ -77,7 +77,7 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
 def load_model(directory: str | os.PathLike, target: Any | None = None) -> tuple[Any, ModelConfig]:
     """Restore (params, config). `target`: optional tree of jax.ShapeDtypeStruct with shardings, so that
     parameters are restored directly into their sharded layout."""
-    directory = Path(directory).absolute()
+    directory = as_path(directory, "model checkpoint")
     config = load_config(directory)
     params_path = directory / PARAMS_DIR
     if not params_path.is_dir():

@@ -11,13 +11,15 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mvlm_jax.paths import as_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
         options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, keep_period=config.keep_every,
                                                enable_async_checkpointing=config.async_save, create=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+        self.manager = ocp.CheckpointManager(as_path(directory, "checkpoint directory"), options=options,
                                              item_names=("state", "data", "metadata"))
 
     def save(self, step: int, state: Any, data_stream: Any, metadata: dict) -> None:
@@ -55,7 +57,7 @@ class TrainCheckpoints:
         """The saved data position. grain's handler names its file after the process count at save time
         (process_I-of-P.json); the state is the same on every process, so any file serves when the run
         resumes with another process count."""
-        directory = Path(self.manager.directory) / str(step) / "data"
+        directory = epath.Path(self.manager.directory) / str(step) / "data"
         index, count = jax.process_index(), jax.process_count()
         own = directory / f"process_{index}-of-{count}.json"
         files = [own] if own.is_file() else sorted(directory.glob("process_*-of-*.json"))
