@@ -1,8 +1,9 @@
-"""Object-store workdirs (docs/TRAINING.md, "Object stores") against a GCS emulator that this module starts on
-127.0.0.1 (gcp-storage-emulator, in memory, through tests/gcs_emulator.py; nothing leaves the machine): a run with --workdir gs://... writes
-its checkpoints, metrics and model there and resumes from them with the losses of an uninterrupted run;
-init_from and export read a model checkpoint from gs://; an unreachable store, a write the store refuses and
-object-store data paths fail with errors that name the URL, leaving nothing behind."""
+"""Object-store workdirs (docs/TRAINING.md, "Object stores") against a GCS emulator that this module starts
+on 127.0.0.1 (gcp-storage-emulator in memory, through tests/gcs_emulator.py; nothing leaves the machine): a
+run with --workdir gs://... writes its checkpoints, metrics and model there and resumes from them with the
+losses of an uninterrupted run; init_from and export read a model checkpoint from gs://; an unreachable
+store, an upload cut short and object-store data paths fail with errors that name the URL and leave
+nothing behind."""
 import json
 import os
 import socket
