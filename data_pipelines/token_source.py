@@ -16,6 +16,10 @@ from data_pipelines.shards import FORMAT, INDEX_FILE
 
 
 def read_index(shard_dir: str | os.PathLike) -> dict:
+    if "://" in os.fspath(shard_dir):  # Path() would fold gs://b into gs:/b and report the index missing
+        raise ValueError(f"{os.fspath(shard_dir)}: token shards are memory-mapped, so they must be on a local or "
+                         "mounted file system: mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://) and "
+                         "pass the mount path")
     path = Path(shard_dir) / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; write the shards with `mvlm data shard` first")

@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import type_handlers
 
 from mvlm_jax.atomic import atomic_directory
 from mvlm_jax.models.config import ModelConfig, from_dict, to_dict
+from mvlm_jax.paths import as_path, probe
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -50,24 +50,24 @@ def _checkpointer(restore_gb: int = 1) -> ocp.Checkpointer:
 
 
 def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, force: bool = False,
-               tokenizer: str | os.PathLike | None = None) -> Path:
+               tokenizer: str | os.PathLike | None = None) -> epath.Path:
     """Write params (numpy or jax arrays), config and optionally a copy of the tokenizer atomically to
-    `directory`."""
+    `directory` (local or gs://; on gs:// the config goes up last: load_config refuses a directory without it)."""
     # Host copies of (addressable) device arrays: orbax's jax.Array handler caps one write at 1e9 bytes,
     # which a 1.4B model's MLP stacks exceed; on the CPU this makes no copy.
     params = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, params)
-    with atomic_directory(directory, force=force) as partial:
+    with atomic_directory(directory, force=force, last=(CONFIG_FILE,)) as partial:
         if tokenizer is not None:
-            shutil.copyfile(tokenizer, partial / TOKENIZER_FILE)
+            (partial / TOKENIZER_FILE).write_bytes(as_path(tokenizer, "tokenizer").read_bytes())
         with _checkpointer() as checkpointer:
             checkpointer.save(partial / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         (partial / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    return Path(directory).absolute()
+    return as_path(directory)
 
 
 def load_config(directory: str | os.PathLike) -> ModelConfig:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
+    path = as_path(directory, "model checkpoint") / CONFIG_FILE
+    if not probe(path):
         raise FileNotFoundError(f"{path}: missing; {directory} is not a model checkpoint")
     try:
         data = json.loads(path.read_text())
@@ -76,8 +76,8 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
     return from_dict(data, where=str(path))
 
 
-def _params_path(directory: str | os.PathLike) -> Path:
-    path = Path(directory).absolute() / PARAMS_DIR
+def _params_path(directory: str | os.PathLike) -> epath.Path:
+    path = as_path(directory, "model checkpoint") / PARAMS_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: missing parameter checkpoint")
     return path

@@ -13,6 +13,7 @@ from mvlm_jax.export.llm_gguf import llm_metadata, llm_tensors
 from mvlm_jax.export.mmproj_gguf import CLS_MODES, ClsMode, check_supported, mmproj_metadata, mmproj_tensors
 from mvlm_jax.models.config import LlamaConfig, VLMConfig
 from mvlm_jax.models.lora import merge_lora
+from mvlm_jax.paths import as_path, local_file, probe, require_local
 
 
 def output_paths(out: str | os.PathLike, name: str, file_type: str, vision: bool,
@@ -52,10 +53,11 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
     """
     if file_type not in FILE_TYPES:
         raise ValueError(f"unknown GGUF type {file_type!r}; expected one of {list(FILE_TYPES)}")
-    ckpt = Path(ckpt)
-    name = name or ckpt.absolute().name
-    tokenizer = Path(tokenizer) if tokenizer else ckpt / TOKENIZER_FILE
-    if not mmproj_only and not tokenizer.is_file():
+    ckpt = as_path(ckpt, "--ckpt")  # local or gs://
+    require_local(out, "--out")  # GGUF files are for llama.cpp, which reads local files
+    name = name or ckpt.name
+    tokenizer = as_path(tokenizer, "--tokenizer") if tokenizer else ckpt / TOKENIZER_FILE
+    if not mmproj_only and not probe(tokenizer):
         raise FileNotFoundError(f"{tokenizer}: no SentencePiece model; the checkpoint carries none, pass --tokenizer")
     params, config = load_model(ckpt)
     if not isinstance(config, (LlamaConfig, VLMConfig)):
@@ -77,7 +79,8 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str 
     mmproj_plan = mmproj_tensors(params, config, cls) if vision else []
     Path(out).mkdir(parents=True, exist_ok=True)
     if not mmproj_only:
-        _write_llm(paths[0], name, file_type, llm_params, llm_config, tokenizer, force)
+        with local_file(tokenizer) as local_tokenizer:  # SentencePiece opens the file itself
+            _write_llm(paths[0], name, file_type, llm_params, llm_config, local_tokenizer, force)
     if vision:
         write_gguf(paths[-1], "clip", mmproj_metadata(config, paths[-1].name.removesuffix("-f16.gguf")),
                    mmproj_plan, force=force)

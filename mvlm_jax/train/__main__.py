@@ -49,9 +49,12 @@ def _fill_embedded(config, workdir: str) -> None:
 def main(argv) -> None:
     del argv
     _initialize_distributed()
+    from mvlm_jax.train import setup
     from mvlm_jax.train.loop import train  # after distributed init: importing models touches no backend
 
     config = _CONFIG.value
+    setup.check_data_paths(config)  # refuse object-store data, or an unreachable workdir, before preparing data
+    setup.workdir_path(_WORKDIR.value)
     if config.data.embedded.enabled:
         _fill_embedded(config, _WORKDIR.value)
     train(config, _WORKDIR.value)

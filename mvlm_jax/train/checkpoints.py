@@ -13,13 +13,15 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mvlm_jax.paths import as_path
 
 from mvlm_jax.train.frozen_copy import FrozenCopy, FrozenCopyError
 
@@ -51,7 +53,7 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig, frozen_directory: str | os.PathLike):
         options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, keep_period=config.keep_every,
                                                enable_async_checkpointing=config.async_save, create=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+        self.manager = ocp.CheckpointManager(as_path(directory, "checkpoint directory"), options=options,
                                              item_names=("state", "data", "metadata"))
         self.frozen = FrozenCopy(frozen_directory)
 
@@ -67,7 +69,7 @@ class TrainCheckpoints:
         """The saved data position. grain's handler names its file after the process count at save time
         (process_I-of-P.json); the state is the same on every process, so any file serves when the run
         resumes with another process count."""
-        directory = Path(self.manager.directory) / str(step) / "data"
+        directory = epath.Path(self.manager.directory) / str(step) / "data"
         index, count = jax.process_index(), jax.process_count()
         own = directory / f"process_{index}-of-{count}.json"
         files = [own] if own.is_file() else sorted(directory.glob("process_*-of-*.json"))

@@ -13,7 +13,7 @@ instead of resuming with other weights (orbax alone fills a missing chunk file w
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mvlm_jax.paths import as_path
 from mvlm_jax.sharding import path_of
 
 _GOLDEN = 0x9E3779B1  # odd: a changed bit changes the weighted sum at any position
@@ -61,8 +62,8 @@ def checksum(tree: Any) -> str | None:
 class FrozenCopy:
     """WORKDIR/frozen: write once per run, read and verify on resume."""
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = as_path(directory, "frozen parameter copy")  # local or gs://, as the workdir
         self.checksum: str | None = None  # of the copy this run wrote or read; None: none yet
 
     def _checkpointer(self) -> ocp.Checkpointer:

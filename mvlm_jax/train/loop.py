@@ -9,12 +9,12 @@ fresh initialisation of what init_from does not cover.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from data_pipelines.pretrain_pipeline import batch_hash
@@ -37,7 +37,7 @@ class TrainingError(RuntimeError):
     pass
 
 
-def save_final_model(directory: Path, state: dict, model_config, tokenizer: str | None = None) -> None:
+def save_final_model(directory: epath.Path, state: dict, model_config, tokenizer: str | None = None) -> None:
     """The trained parameters as a model checkpoint (`init_from` of the next stage, HF / GGUF export), with
     a copy of the run's tokenizer."""
     params = merge(state["trainable"], state["frozen"])
@@ -54,6 +54,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     """Run (or resume) the experiment in `workdir`; returns the metrics of the steps run now. `hooks`: more
     periodic work (mvlm_jax.train.hooks), run after validation and before logging, so that what they add
     to a step's record is logged with it."""
+    setup.check_data_paths(config)  # before anything is written or compiled
     workdir_path = setup.workdir_path(workdir)
     # Before the run is built: with train.epochs the data decides total_steps, and the schedule with it.
     examples = setup.epoch_plan(config, setup.model_config(config.model), workdir_path,
@@ -116,14 +117,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         bar.set_postfix(loss=f"{context.record['loss']:.4f}")
         bar.update(1)
 
+    def checkpoint(context: StepContext) -> None:
+        writer.sync()  # metrics.jsonl holds every step up to the checkpoint (an object store's copy is put now)
+        checkpoints.save(context.step, context.state, data, metadata)
+
     # Run in this order after a step: validation and the extra hooks add to the record, logging writes it,
     # and the checkpoint comes last.
     hook_list = [*([validation_hook(config.eval.every, validation, jax.process_index() == 0)] if validation else []),
                  *([benchmarks] if benchmarks else []),
                  *hooks,
                  Hook("log", 1, log),
-                 Hook("checkpoint", config.checkpoint.every,
-                      lambda context: checkpoints.save(context.step, context.state, data, metadata), needs_state=True)]
+                 Hook("checkpoint", config.checkpoint.every, checkpoint, needs_state=True)]
 
     def after_step(step_info: dict, step_state: dict | None) -> None:
         """Read a step's metrics (waits for it), then run the hooks due at it; no hook runs after a
@@ -159,6 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
                         after_step(pending, None)
                         pending = None
                     if step > start_step and step not in checkpoints.manager.all_steps():
+                        writer.sync()
                         checkpoints.save(step, state, data, metadata)
                     checkpoints.wait()
                     print(f"preempted: stopped after step {step} with a checkpoint in {workdir_path / 'checkpoints'}; "

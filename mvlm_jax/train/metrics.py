@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
+import time
 from typing import Any
 
+from mvlm_jax.atomic import write_bytes
 from mvlm_jax.models.config import LlamaConfig, ProjectorConfig, VLMConfig
 from mvlm_jax.models.llama import count_params as llama_params
 from mvlm_jax.models.projectors import make_divisible
 from mvlm_jax.models.vit import count_params as vit_params
+from mvlm_jax.paths import as_path, is_url, probe
 
 # Dense bf16 peak FLOP/s per device (vendor figures, without sparsity).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12,
@@ -76,39 +78,62 @@ def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_
 
 
 class MetricsWriter:
-    """metrics.jsonl (one object per step, flushed) and TensorBoard events beside it. On resume, lines
-    past the restored step (written by the interrupted run after its last checkpoint) are dropped, and the
-    new event file starts with TensorBoard's purge marker for those steps (TensorBoard then hides the
-    interrupted run's points past the restored step, instead of drawing two curves over them)."""
+    """metrics.jsonl (one object per step) and TensorBoard events beside it. On resume, lines past the
+    restored step (written by the interrupted run after its last checkpoint) are dropped, and the new event
+    file starts with TensorBoard's purge marker for those steps (TensorBoard then hides the interrupted run's
+    points past the restored step, instead of drawing two curves over them).
 
-    def __init__(self, workdir: Path, start_step: int, enabled: bool = True):
+    Locally each line is appended and flushed. An object has no append, so on gs:// the lines are kept here
+    and the whole file is put again (one put each, atomic) at most every `put_every_s` seconds, at sync()
+    (the loop calls it before each checkpoint) and at close(); tensorboardX writes gs:// itself."""
+
+    def __init__(self, workdir: str | os.PathLike, start_step: int, enabled: bool = True, put_every_s: float = 300.0):
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = as_path(workdir) / "metrics.jsonl"
         self._tensorboard = None
+        self._remote = is_url(self.path)
+        self._put_every_s, self._put_at = put_every_s, time.monotonic()
         if not enabled:
             return
         kept = []
-        if self.path.exists():
+        if probe(self.path):
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= start_step]
-        partial = self.path.with_name(".metrics.jsonl.partial")
-        partial.write_text("".join(line + "\n" for line in kept))
-        os.replace(partial, self.path)
-        self._file = self.path.open("a")
+        self._lines = [line + "\n" for line in kept]
+        self._put()
+        self._file = None if self._remote else open(self.path, "a")
         from tensorboardX import SummaryWriter
-        self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"),
+        self._tensorboard = SummaryWriter(os.fspath(as_path(workdir) / "tensorboard"),
                                           purge_step=start_step + 1 if start_step else None)
+
+    def _put(self) -> None:
+        """Replace the file with the lines so far (one rename locally, one put on an object store)."""
+        write_bytes(self.path, "".join(self._lines).encode())
+        self._put_at = time.monotonic()
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            if time.monotonic() - self._put_at >= self._put_every_s:
+                self._put()
+        else:
+            self._file.write(line)
+            self._file.flush()
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "step" and value is not None:
                 self._tensorboard.add_scalar(key, value, record["step"])
 
+    def sync(self) -> None:
+        """Make every line written so far durable (an object store's copy is put now)."""
+        if self.enabled and self._remote:
+            self._put()
+
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
+            self.sync()
+            if self._file is not None:
+                self._file.close()
             self._tensorboard.close()

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import ml_collections
+from etils import epath
 
-from data_pipelines.atomic import write_bytes
 from data_pipelines.conversations import (CachedExamples, ConversationData, Examples, PackedRows, build_conversation_dataset,
                                           prepare_examples)
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
@@ -18,9 +19,11 @@ from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
 from data_pipelines.token_source import read_index
 from data_pipelines.tokenizer import Tokenizer
+from mvlm_jax.atomic import write_bytes
 from mvlm_jax.models import attention
 from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig,
                                     VLMConfig)
+from mvlm_jax.paths import as_path, is_url, probe, require_local
 from mvlm_jax.sharding import MeshConfig
 from mvlm_jax.train.checkpoints import CheckpointConfig
 from mvlm_jax.train.optimizer import OptimConfig
@@ -105,7 +108,7 @@ def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, fil
 EPOCH_PLAN = "epoch_plan.json"
 
 
-def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: Path,
+def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: epath.Path,
                write: bool = True) -> Examples | CachedExamples | None:
     """With train.epochs > 0: set train.total_steps to the whole global batches in that many epochs of
     packed rows and report how full the rows are; returns the tokenized examples for the stream.
@@ -130,8 +133,8 @@ def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: P
     plan = {"epochs": epochs, "rows": rows.epoch_rows(epochs), "batch_size": data.batch_size, "total_steps": steps,
             "epoch_0": {**dataclasses.asdict(stats), "real_share": stats.real_share,
                         "image_slot_share": stats.image_slot_share}}
-    path = Path(workdir) / EPOCH_PLAN
-    if path.is_file():
+    path = as_path(workdir) / EPOCH_PLAN
+    if probe(path):
         before = json.loads(path.read_text())
         if before["total_steps"] != steps:
             raise ValueError(f"{path}: this run was planned at {before['total_steps']} steps for {before['epochs']} "
@@ -145,9 +148,36 @@ def epoch_plan(config: ml_collections.ConfigDict, model: ModelConfig, workdir: P
     return examples
 
 
-def embedded_root(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    """Where the embedded dataset of a run lives: data.embedded.root, else WORKDIR/data."""
-    return Path(config.data.embedded.root or Path(workdir) / "data")
+def embedded_root(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Where the embedded dataset of a run lives: data.embedded.root, else WORKDIR/data (a local directory:
+    its token shards are memory-mapped)."""
+    if config.data.embedded.root:
+        require_local(config.data.embedded.root, "config.data.embedded.root")
+        return Path(config.data.embedded.root)
+    if is_url(workdir):
+        raise ValueError(f"the embedded dataset goes to WORKDIR/data unless config.data.embedded.root is set, and "
+                         f"--workdir {workdir} is an object store; its token shards are memory-mapped: set "
+                         "--config.data.embedded.root to a local directory")
+    return Path(workdir) / "data"
+
+
+DATA_PATHS = ("data.shards", "data.mixture_dirs", "data.files", "data.tokenizer", "data.image_root", "data.cache_dir",
+              "data.embedded.root", "eval.shards", "eval.files", "eval.data_root")
+
+
+def check_data_paths(config: ml_collections.ConfigDict) -> None:
+    """Data stays on local or mounted file systems (token shards are memory-mapped, images and tokenizers
+    opened as files): refuse a gs:// or s3:// URL up front, before anything compiles."""
+    for key in DATA_PATHS:
+        group, *rest = key.split(".")
+        value = config[group]
+        for part in rest:
+            value = value[part]
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            value = tuple(value.values())
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if item:
+                require_local(item, f"config.{key}")
 
 
 def held_out_sources(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -194,7 +224,12 @@ def held_out_batches(config: ml_collections.ConfigDict, model: ModelConfig, work
     return fixed_batches(rows, config.train.batch_size, config.eval.batches, process_index, process_count)
 
 
-def workdir_path(workdir: str) -> Path:
-    path = Path(workdir).absolute()
-    path.mkdir(parents=True, exist_ok=True)
+def workdir_path(workdir: str) -> epath.Path:
+    """The run directory as an epath.Path (local: absolute and created; gs://: checked reachable, no
+    directories to create on an object store)."""
+    path = as_path(workdir, "--workdir")
+    if is_url(path):
+        probe(path)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
     return path
