@@ -48,17 +48,18 @@ def distributed(stage: PlannedStage) -> bool:
     return int(resources.get("nodes", 1)) * int(resources.get("tasks_per_node", 1)) > 1
 
 
-def command(plan: Plan, stage: PlannedStage) -> list[str]:
+def command(plan: Plan, stage: PlannedStage, cluster: bool = False) -> list[str]:
+    """The stage's command line; `cluster`: inside a SLURM job, where a multi-process stage joins its peers."""
     stage_dir = plan.stage_dir(stage.id)
     if stage.kind == "train":
         line = [sys.executable, "-m", "mvlm_jax.train", "--config", f"{RESOLVED_EXPERIMENT}:{stage_dir / 'config.json'}",
                 "--workdir", str(stage_dir / "run")]
-        return line + (["--distributed"] if distributed(stage) else [])
+        return line + (["--distributed"] if cluster and distributed(stage) else [])
     return [sys.executable, "-m", "mvlm_jax.sweep.tasks", stage.kind, "--stage-dir", str(stage_dir)]
 
 
 def run_stage(plan: Plan, stage_id: str, store: StatusStore, owner: str, env: Mapping[str, str] | None = None,
-              claim: bool = True, log: Callable[[str], None] = print) -> str:
+              claim: bool = True, log: Callable[[str], None] = print, cluster: bool = False) -> str:
     """Claim and run one stage; returns DONE, FAILED or BUSY (another live runner has it; nothing done).
     claim=False: a non-leader task of a multi-process stage runs the command without touching the status."""
     stage = plan.stages[stage_id]
@@ -72,7 +73,7 @@ def run_stage(plan: Plan, stage_id: str, store: StatusStore, owner: str, env: Ma
             store.finish(stage_id, owner, ok=True, seconds=0.0, log=str(log_path))
             return DONE
     write_json(stage_dir / "config.json", runtime_config(plan, stage))
-    line = command(plan, stage)
+    line = command(plan, stage, cluster)
     log(f"{stage_id}: {' '.join(line[1:])}")
     started = time.time()
     with open(log_path, "a") as handle:

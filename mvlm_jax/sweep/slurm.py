@@ -36,7 +36,7 @@ def job_entry(sweep_dir: str, stage_id: str, lease_s: float) -> str:
     missing = [source for _, source in plan.stages[stage_id].inputs if store.status(source) != DONE]
     if missing:
         raise RuntimeError(f"stage {stage_id}: its inputs {missing} are not done")
-    outcome = run_stage(plan, stage_id, store, new_owner(), claim=leader)
+    outcome = run_stage(plan, stage_id, store, new_owner(), claim=leader, cluster=True)
     if leader:
         from mvlm_jax.sweep.report import write_report
 
@@ -117,7 +117,7 @@ def submit(plan: Plan, store: StatusStore, executor_kind: str = "slurm", dry_run
                              for stage_id in group]
             for stage_id, job in zip(group, submitted):
                 jobs[stage_id], job_ids[stage_id] = job, str(job.job_id).split("_")[0]
-                commands[stage_id] = command(plan, plan.stages[stage_id])
+                commands[stage_id] = command(plan, plan.stages[stage_id], cluster=True)
             log(f"level {level_index}: {'array of ' + str(len(group)) if len(group) > 1 else 'job'} "
                 f"{job_ids[group[0]]} ({', '.join(group)})" + (f" after {', '.join(deps)}" if deps else ""))
             if dry_run:
