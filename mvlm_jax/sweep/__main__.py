@@ -87,11 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     plan.save()
     started = time.time()
+    reported = False  # the local runner rewrites the report after every stage: no final rewrite then
+
+    def report() -> None:
+        nonlocal reported
+        write_report(plan, store)
+        reported = True
+
     if args.launcher == "local":
         from mvlm_jax.sweep.local import run_local
 
         groups = [g.strip() for g in args.devices.split(";") if g.strip()] or [None]
-        outcome = run_local(plan, store, groups, on_change=lambda: write_report(plan, store))
+        outcome = run_local(plan, store, groups, on_change=report)
         failed = sorted(s for s, o in outcome.items() if o != "done")
     else:
         from mvlm_jax.sweep.slurm import submit
@@ -100,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "gpus_per_node": args.slurm_gpus_per_node}
         submit(plan, store, "local" if args.launcher == "submitit-local" else "slurm", args.dry_run, defaults)
         failed = []
-    if not args.dry_run:
+    if not args.dry_run and not reported:
         write_report(plan, store)
     print(f"sweep {workdir}: {time.time() - started:.0f} s; report {workdir / 'report.md'}"
           + (f"; not done: {', '.join(failed)}" if failed else ""))

@@ -75,6 +75,23 @@ def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_
     return flops
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported with torch hidden when torch is not loaded yet: tensorboardX
+    imports torch (about 5 s, a quarter of a tiny run's start-up) only to accept torch tensors, and this
+    trainer logs Python floats."""
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """metrics.jsonl (one object per step, flushed) and TensorBoard events beside it. On resume, lines
     past the restored step (written by the interrupted run after its last checkpoint) are dropped, and the
@@ -95,7 +112,7 @@ class MetricsWriter:
         partial.write_text("".join(line + "\n" for line in kept))
         os.replace(partial, self.path)
         self._file = self.path.open("a")
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _summary_writer_class()
         self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"),
                                           purge_step=start_step + 1 if start_step else None)
 
