@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mvlm_jax.sweep.plan import load_plan, make_plan
     from mvlm_jax.sweep.report import write_report
     from mvlm_jax.sweep.spec import SweepError, load_trials
-    from mvlm_jax.sweep.state import StatusStore
+    from mvlm_jax.sweep.state import DONE, StatusStore
 
     workdir = Path(args.workdir or default_workdir(args.experiment)).absolute()
     store = StatusStore(workdir, args.lease_s)
@@ -105,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         defaults = {"partition": args.slurm_partition, "account": args.slurm_account, "time_min": args.slurm_time_min,
                     "gpus_per_node": args.slurm_gpus_per_node}
-        submit(plan, store, "local" if args.launcher == "submitit-local" else "slurm", args.dry_run, defaults)
-        failed = []
+        local = args.launcher == "submitit-local"
+        submit(plan, store, "local" if local else "slurm", args.dry_run, defaults)
+        # SLURM jobs are queued, not finished: nothing has failed yet; local jobs have all ended here
+        failed = sorted(s for s in plan.stages if store.status(s) != DONE) if local and not args.dry_run else []
     if not args.dry_run and not reported:
         write_report(plan, store)
     print(f"sweep {workdir}: {time.time() - started:.0f} s; report {workdir / 'report.md'}"

@@ -8,16 +8,20 @@ writes its status, so the local runner's leases hold here too. An array's depend
 members' inputs: a failed input holds back the whole array of the next level (rerun the sweep to submit
 what is left). Resubmitting submits only stages that are not done.
 
-dry_run: nothing is submitted; the sbatch scripts submitit renders are written to SWEEP/slurm/dry_run/.
-executor "local": submitit's LocalExecutor (tests, a machine without SLURM); it has no dependencies, so
-each level is waited for before the next is started.
+dry_run: nothing is submitted; the sbatch scripts, as submitit's SlurmExecutor renders them, are written to
+SWEEP/slurm/dry_run/LEVEL-JOBID.sbatch with made-up job ids (from 1001), beside commands.txt (the command
+each stage's tasks run inside the job). No srun or sbatch is needed for that.
+executor "local": submitit's LocalExecutor (tests, a machine without SLURM): one process per stage, never
+joining a cluster; it has no dependencies, so each level is waited for before the next is started.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,17 +30,19 @@ from mvlm_jax.sweep.plan import Plan, load_plan
 from mvlm_jax.sweep.state import DONE, FAILED, StatusStore, new_owner
 
 DRY_RUN_DIR = "dry_run"
+FIRST_DRY_RUN_ID = 1001
 
 
-def job_entry(sweep_dir: str, stage_id: str, lease_s: float) -> str:
-    """What a SLURM task runs: the stage (task 0 claims it), then the refreshed report."""
+def job_entry(sweep_dir: str, stage_id: str, lease_s: float, cluster: bool = True) -> str:
+    """What a SLURM task (or a local job) runs: the stage (task 0 claims it), then the refreshed report.
+    `cluster`: inside a SLURM allocation, where a multi-process stage joins its peers."""
     plan = load_plan(sweep_dir)
     store = StatusStore(sweep_dir, lease_s)
     leader = int(os.environ.get("SLURM_PROCID", "0")) == 0
     missing = [source for _, source in plan.stages[stage_id].inputs if store.status(source) != DONE]
     if missing:
         raise RuntimeError(f"stage {stage_id}: its inputs {missing} are not done")
-    outcome = run_stage(plan, stage_id, store, new_owner(), claim=leader, cluster=True)
+    outcome = run_stage(plan, stage_id, store, new_owner(), claim=leader, cluster=cluster)
     if leader:
         from mvlm_jax.sweep.report import write_report
 
@@ -58,8 +64,8 @@ def levels(plan: Plan, todo: list[str]) -> list[list[str]]:
 
 def slurm_parameters(resources: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """submitit SlurmExecutor parameters of a stage's resources (nodes, tasks_per_node, gpus_per_node,
-    cpus_per_task, time_min, partition, account, mem_gb), over the sweep's defaults."""
-    merged = {**defaults, **resources}
+    cpus_per_task, time_min, partition, account, mem_gb), over the sweep's defaults (None = unset)."""
+    merged = {**{k: v for k, v in defaults.items() if v is not None}, **resources}
     params = {"nodes": int(merged.get("nodes", 1)), "ntasks_per_node": int(merged.get("tasks_per_node", 1)),
               "time": int(merged.get("time_min", 60))}
     for key in ("gpus_per_node", "cpus_per_task", "partition", "account"):
@@ -70,67 +76,76 @@ def slurm_parameters(resources: dict[str, Any], defaults: dict[str, Any]) -> dic
     return params
 
 
-def _executor(kind: str, folder: Path, dry_run: bool, ids: itertools.count):
-    import submitit
+def render_sbatch(folder: Path, params: dict[str, Any], array_size: int) -> str:
+    """The sbatch script SlurmExecutor would submit for these parameters (an array when array_size > 1)."""
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer: the script is its script
 
-    if kind == "local":
-        return submitit.LocalExecutor(folder)
-
-    class DryRunExecutor(submitit.SlurmExecutor):
-        """Renders the sbatch script as a real submission would, answers with a made-up job id."""
-
-        def _make_submission_command(self, submission_file_path: Path) -> list[str]:
-            return ["echo", f"Submitted batch job {next(ids)}"]
-
-    return (DryRunExecutor if dry_run else submitit.SlurmExecutor)(folder)
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, **params,
+                               **({"map_count": array_size} if array_size > 1 else {}))
 
 
 def submit(plan: Plan, store: StatusStore, executor_kind: str = "slurm", dry_run: bool = False,
            defaults: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
     """Submit every unfinished stage; returns {stage id: job id}. With the local executor, waits for all."""
+    import submitit
+
+    if executor_kind not in ("slurm", "local"):
+        raise ValueError(f"executor {executor_kind!r}: expected 'slurm' or 'local'")
     todo = [s for s in plan.stages if store.status(s) != DONE]
     folder = plan.sweep_dir / "slurm"
+    job_folder = folder / "%j"  # submitit fills in the job id (and array index)
     dry_dir = folder / DRY_RUN_DIR
     if dry_run:
         shutil.rmtree(dry_dir, ignore_errors=True)
         dry_dir.mkdir(parents=True)
+    cluster = executor_kind == "slurm"
     jobs: dict[str, Any] = {}
     job_ids: dict[str, str] = {}
-    fake_ids = itertools.count(1001)
-    commands: dict[str, list[str]] = {}
+    fake_ids = itertools.count(FIRST_DRY_RUN_ID)
+    commands: list[str] = []
     for level_index, level in enumerate(levels(plan, todo)):
         groups: dict[str, list[str]] = {}
         for stage_id in level:  # an array's tasks share one set of parameters
             groups.setdefault(json.dumps(slurm_parameters(plan.stages[stage_id].resources, defaults or {}),
                                          sort_keys=True), []).append(stage_id)
         for params_json, group in groups.items():
-            executor = _executor(executor_kind, folder / "%j", dry_run, fake_ids)
             deps = sorted({job_ids[source] for stage_id in group for _, source in plan.stages[stage_id].inputs
-                           if source in job_ids}, key=str)
-            if executor_kind == "local":
-                executor.update_parameters(timeout_min=json.loads(params_json)["time"])
+                           if source in job_ids}, key=int)
+            names = "-".join(dict.fromkeys(plan.stages[s].name for s in group))
+            params = {**json.loads(params_json), "job_name": f"mvlm-sweep-l{level_index}-{names}",
+                      **({"dependency": "afterok:" + ":".join(deps)} if deps else {})}
+            if dry_run:
+                job_id = str(next(fake_ids))
+                script = dry_dir / f"{level_index:02d}-{job_id}.sbatch"
+                script.write_text(render_sbatch(job_folder, params, len(group)))
+                job_ids.update({stage_id: job_id for stage_id in group})
             else:
-                executor.update_parameters(**json.loads(params_json), job_name=f"mvlm-sweep-l{level_index}",
-                                           **({"dependency": "afterok:" + ":".join(deps)} if deps else {}))
-            with executor.batch():
-                submitted = [executor.submit(job_entry, str(plan.sweep_dir), stage_id, store.lease_s)
-                             for stage_id in group]
-            for stage_id, job in zip(group, submitted):
-                jobs[stage_id], job_ids[stage_id] = job, str(job.job_id).split("_")[0]
-                commands[stage_id] = command(plan, plan.stages[stage_id], cluster=True)
+                if executor_kind == "local":
+                    executor = submitit.LocalExecutor(job_folder)
+                    executor.update_parameters(timeout_min=params["time"])
+                else:
+                    executor = submitit.SlurmExecutor(job_folder)
+                    executor.update_parameters(**params)
+                with executor.batch():
+                    submitted = [executor.submit(job_entry, str(plan.sweep_dir), stage_id, store.lease_s, cluster)
+                                 for stage_id in group]
+                for stage_id, job in zip(group, submitted):
+                    jobs[stage_id], job_ids[stage_id] = job, str(job.job_id).split("_")[0]
+            for index, stage_id in enumerate(group):
+                task = f"{job_ids[stage_id]}_{index}" if len(group) > 1 else job_ids[stage_id]
+                commands.append(f"{task} {stage_id}: {shlex.join(command(plan, plan.stages[stage_id], cluster))}")
             log(f"level {level_index}: {'array of ' + str(len(group)) if len(group) > 1 else 'job'} "
                 f"{job_ids[group[0]]} ({', '.join(group)})" + (f" after {', '.join(deps)}" if deps else ""))
             if dry_run:
-                scripts = sorted(folder.glob("*/.submission_file_*.sh"), key=lambda p: p.stat().st_mtime_ns)
-                target = dry_dir / f"{level_index:02d}-{job_ids[group[0]]}.sbatch"
-                scripts[-1].rename(target)
-                log(target.read_text())
-        if executor_kind == "local":
+                log(script.read_text())
+        if executor_kind == "local" and not dry_run:
             for stage_id in level:
                 try:
                     jobs[stage_id].result()
                 except Exception as error:  # noqa: BLE001 - the stage's failure is in its status and log
-                    log(f"{stage_id}: job failed: {str(error).splitlines()[0] if str(error) else error!r}")
+                    log(f"{stage_id}: job failed: {str(error).strip().splitlines()[-1] if str(error) else error!r}")
     if dry_run:
-        (dry_dir / "commands.json").write_text(json.dumps(commands, indent=1) + "\n")
+        (dry_dir / "commands.txt").write_text("".join(line + "\n" for line in commands))
+        log(f"dry run: nothing submitted; scripts and commands.txt in {dry_dir}")
     return job_ids
