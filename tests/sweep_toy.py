@@ -3,8 +3,9 @@
 default  pretraining shared by two SFT trials, one of them broken (it does not fit the pretrained model)
 slurm    a 2-node pretraining, then two single-process SFT trials (one array) and an eval after one of them
 local    the same shape as one trial for submitit's local executor: a 2-node pretraining, then SFT
+chain    the paper's whole chain at tiny scale, eval, GGUF export and edge latency included
 """
-from mvlm_jax.sweep.spec import Stage, Trial
+from mvlm_jax.sweep.spec import Stage, Trial, mobilevlm_chain
 
 # One step, no eval, no checkpoint before the final one: each stage is little more than start-up.
 FEW = {"train.total_steps": 1, "eval.every": 0, "checkpoint.every": 1000}
@@ -28,6 +29,9 @@ def sweep(arg=None):
         evaluate = Stage("eval", kind="eval", overrides={"questions": 2}, inputs=(("", "sft"),))
         return [Trial("a", (pretrain(TWO_NODES), sft(), evaluate), baseline=True),
                 Trial("b", (pretrain(TWO_NODES), sft(**{"optim.learning_rate": 3e-3})))]
+    if arg == "chain":
+        return [Trial("tiny", mobilevlm_chain("tiny", pretrain=FEW, sft=FEW, vlm=FEW, eval={"questions": 4},
+                                              edge={"new_tokens": 8}))]
     if arg == "local":
         return [Trial("only", (pretrain(TWO_NODES), sft()))]
     return [Trial("a", (pretrain(TWO_NODES), sft()), baseline=True),
