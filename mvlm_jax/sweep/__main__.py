@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         submit(plan, store, "local" if local else "slurm", args.dry_run, defaults)
         # SLURM jobs are queued, not finished: nothing has failed yet; local jobs have all ended here
         failed = sorted(s for s in plan.stages if store.status(s) != DONE) if local and not args.dry_run else []
-    if not args.dry_run and not reported:
+    if args.dry_run:  # nothing ran: no report to point to
+        return 0
+    if not reported:
         write_report(plan, store)
     print(f"sweep {workdir}: {time.time() - started:.0f} s; report {workdir / 'report.md'}"
           + (f"; not done: {', '.join(failed)}" if failed else ""))
