@@ -9,6 +9,7 @@ import io
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from mvlm_jax.sweep.__main__ import main as sweep_main
@@ -72,3 +73,29 @@ def test_the_local_executor_runs_the_chain_and_no_stage_joins_a_cluster(tmp_path
     assert plan.stages[pretrain].resources["nodes"] == 2
     assert "--distributed" not in (plan.stage_dir(pretrain) / "stage.log").read_text()  # one local process
     assert (tmp_path / "report.md").is_file()
+
+
+def test_a_job_whose_stage_another_runner_holds_waits_and_ends_as_that_stage_does(tmp_path):
+    import socket
+    import threading
+
+    from mvlm_jax.sweep.plan import make_plan
+    from mvlm_jax.sweep.slurm import job_entry
+    from mvlm_jax.sweep.spec import load_trials
+
+    source = f"{TOY}:local"
+    plan = make_plan(source, load_trials(source), tmp_path, with_info=False)
+    plan.save()
+    pretrain = next(iter(plan.stages))
+    store = StatusStore(tmp_path, lease_s=60)
+    owner = f"{socket.gethostname()}:{os.getpid()}:other"  # a live runner of this host: this test
+    assert store.claim(pretrain, owner) == "claimed"
+    ended = []
+    job = threading.Thread(target=lambda: ended.append(job_entry(str(tmp_path), pretrain, 60, False, 0.05)))
+    job.start()
+    time.sleep(0.5)
+    assert job.is_alive() and not ended  # waiting, nothing run
+    (plan.stage_dir(pretrain) / "run" / "model").mkdir(parents=True)
+    store.finish(pretrain, owner, ok=True)
+    job.join(10)
+    assert ended == [DONE] and not (plan.stage_dir(pretrain) / "stage.log").exists()

@@ -4,9 +4,11 @@ stage graph, same resources) are one job array; a level depends on the jobs of i
 Inside a job, submitit's `srun` starts nodes x tasks_per_node tasks; each runs `job_entry`, which runs the
 stage's command (the trainer with --distributed when there is more than one task, so jax.distributed
 finds its peers from SLURM; a single-task stage never joins a cluster). Task 0 alone claims the stage and
-writes its status, so the local runner's leases hold here too. An array's dependency is the union of its
-members' inputs: a failed input holds back the whole array of the next level (rerun the sweep to submit
-what is left). Resubmitting submits only stages that are not done.
+writes its status, so the local runner's leases hold here too; a job whose stage another live runner
+holds waits for that runner and ends as the stage does. (The other tasks of a multi-task job do not
+claim: if task 0 found the stage busy, they wait for peers that never come until the job's time limit.)
+An array's dependency is the union of its members' inputs: a failed input holds back the whole array of
+the next level (rerun the sweep to submit what is left). Resubmitting submits only stages not done.
 
 dry_run: nothing is submitted; the sbatch scripts, as submitit's SlurmExecutor renders them, are written to
 SWEEP/slurm/dry_run/LEVEL-JOBID.sbatch with made-up job ids (from 1001), beside commands.txt (the command
@@ -22,18 +24,19 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from mvlm_jax.sweep.execute import command, run_stage
 from mvlm_jax.sweep.plan import Plan, load_plan
-from mvlm_jax.sweep.state import DONE, FAILED, StatusStore, new_owner
+from mvlm_jax.sweep.state import BUSY, DONE, FAILED, RUNNING, StatusStore, new_owner
 
 DRY_RUN_DIR = "dry_run"
 FIRST_DRY_RUN_ID = 1001
 
 
-def job_entry(sweep_dir: str, stage_id: str, lease_s: float, cluster: bool = True) -> str:
+def job_entry(sweep_dir: str, stage_id: str, lease_s: float, cluster: bool = True, poll_s: float = 10.0) -> str:
     """What a SLURM task (or a local job) runs: the stage (task 0 claims it), then the refreshed report.
     `cluster`: inside a SLURM allocation, where a multi-process stage joins its peers."""
     plan = load_plan(sweep_dir)
@@ -43,6 +46,10 @@ def job_entry(sweep_dir: str, stage_id: str, lease_s: float, cluster: bool = Tru
     if missing:
         raise RuntimeError(f"stage {stage_id}: its inputs {missing} are not done")
     outcome = run_stage(plan, stage_id, store, new_owner(), claim=leader, cluster=cluster)
+    if outcome == BUSY:  # another live runner has it: its end is this job's end, so `afterok` still means done
+        while (status := store.status(stage_id)) == RUNNING:
+            time.sleep(poll_s)
+        outcome = DONE if status == DONE else FAILED
     if leader:
         from mvlm_jax.sweep.report import write_report
 
