@@ -12,7 +12,7 @@ ARGS    ?=
 MESH    ?= data=1,fsdp=8,tensor=1
 TYPE    ?= q4_k_s
 
-.PHONY: install test bench clean pretrain sft vlm plan demo export
+.PHONY: install test bench clean pretrain sft vlm plan demo export sweep
 
 install:
 	python3 -m venv .venv
@@ -49,6 +49,12 @@ vlm:
 
 demo:
 	$(PY) -m mvlm_jax.demo --workdir runs/demo $(ARGS)
+
+# EXP=experiments/ablations/projectors.py:demo; LAUNCHER=local|slurm. `make sweep EXP=... --dry-run` (make's
+# own -n) runs the planner with --dry-run (the leading + runs the line under -n): the plan, nothing trained.
+LAUNCHER ?= local
+sweep:
+	+$(PY) -m mvlm_jax.sweep $(EXP) --launcher $(LAUNCHER) $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run) $(ARGS)
 
 export:
 	$(PY) -m mvlm_jax.export --ckpt $(CKPT) --out $(OUT) --type $(TYPE) $(ARGS)

@@ -13,6 +13,7 @@ COMMANDS = {
     "chat": ("mvlm_jax.generate.cli:chat_main", "chat with a checkpoint in the vicuna_v1 template"),
     "convert": ("mvlm_jax.convert.hf", "Hugging Face <-> checkpoint (import / export)"),
     "export": ("mvlm_jax.export.__main__", "checkpoint -> GGUF for llama.cpp (LLM + mmproj)"),
+    "sweep": ("mvlm_jax.sweep.__main__", "run an experiment file's sweep(arg): trials, shared stages, report"),
     "eval vlm": ("mvlm_jax.eval.cli:vlm_main", "answer and score image benchmarks (checkpoint or GGUF)"),
     "eval score": ("mvlm_jax.eval.cli:score_main", "score an answers file by the official rules"),
     "eval lm": ("mvlm_jax.eval.lm_cli:main", "language benchmarks through lm-evaluation-harness"),

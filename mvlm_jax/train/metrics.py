@@ -77,6 +77,23 @@ def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_
     return flops
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported with torch hidden when torch is not loaded yet: tensorboardX
+    imports torch (about 5 s, a quarter of a tiny run's start-up) only to accept torch tensors, and this
+    trainer logs Python floats."""
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """metrics.jsonl (one object per step) and TensorBoard events beside it. On resume, lines past the
     restored step (written by the interrupted run after its last checkpoint) are dropped, and the new event
@@ -102,7 +119,7 @@ class MetricsWriter:
         self._lines = [line + "\n" for line in kept]
         self._put()
         self._file = None if self._remote else open(self.path, "a")
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _summary_writer_class()
         self._tensorboard = SummaryWriter(os.fspath(as_path(workdir) / "tensorboard"),
                                           purge_step=start_step + 1 if start_step else None)
 
