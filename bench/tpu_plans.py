@@ -25,7 +25,7 @@ ROWS = [
     ("2.7B pretrain", "experiments/pretrain.py:2.7b", "v5p:4x4x4", 64, 2560, 10),
     ("2.7B pretrain", "experiments/pretrain.py:2.7b", "v5e:16x16", 256, 2560, 10),
     ("1.4B VLM stage 2", "experiments/vlm.py:size=1.4b,stage=2", "v5p:2x2x2", 8, 24, 1),
-    ("1.4B VLM stage 2", "experiments/vlm.py:size=1.4b,stage=2", "v5e:4x4", 8, 24, 3),
+    ("1.4B VLM stage 2", "experiments/vlm.py:size=1.4b,stage=2", "v5e:2x4", 8, 24, 3),
 ]
 
 
