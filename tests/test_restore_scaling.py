@@ -11,7 +11,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_pipelines.embedded.prepare import prepare
 from mvlm_jax import sharding
 from mvlm_jax.checkpoint import load_model, save_model
 from mvlm_jax.train.checkpoints import TrainCheckpoints
@@ -110,14 +109,7 @@ def test_random_init_covers_only_what_no_source_holds(tmp_path):
         initial_params((f"lmm={tmp_path / 'llm'}",), abstract, no_random_init)
 
 
-class Interrupted(Exception):
-    pass
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("embedded")
-    return root, prepare(root, "tiny", 512, 64)
+from tests.test_train_eval import Interrupted, data  # noqa: E402,F401 - the embedded data fixture, shared
 
 
 def frozen_layers_config(data):
