@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bench.report import append_result, mean_seconds
+from bench.report import Headline, mean_seconds, write_result
 from mvlm_jax.models.attention import CAUSAL_BLOCK, attention, segment_causal_mask
 from mvlm_jax.train.step import CPU_COMPILER_OPTIONS
 
@@ -41,14 +41,17 @@ def main() -> None:
     parser.add_argument("--report", default="docs/PERFORMANCE.md")
     args = parser.parse_args()
     lines = ["| rows x tokens | heads x head_dim | causal_blocks (ms) | XLA dense (ms) | speed-up |", "|---|---|---|---|---|"]
+    speedups = []
     for name, shape in SHAPES.items():
         ours = seconds_per_grad("causal_blocks", shape, args.repeats)
         dense = seconds_per_grad(None, shape, args.repeats)
         lines.append(f"| {name} | {shape[2]}x{shape[3]} | {1e3 * ours:.1f} | {1e3 * dense:.1f} | {dense / ours:.2f}x |")
+        speedups.append(f"{name} {dense / ours:.2f}x")
         print(lines[-1], flush=True)
-    append_result(Path(args.report), "Causal attention forward + backward", "python -m bench.attention", lines,
-                  note=f"float32, one CPU device, blocks of {CAUSAL_BLOCK} query tokens, mean of {args.repeats} "
-                       "after one warm-up")
+    write_result(Path(args.report), "Causal attention forward + backward", "python -m bench.attention", lines,
+                 note=f"float32, one CPU device, blocks of {CAUSAL_BLOCK} query tokens, mean of {args.repeats} "
+                      "after one warm-up",
+                 headline=Headline("causal_blocks against XLA dense: " + ", ".join(speedups)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import append_result
+from bench.report import Headline, write_result
 
 MODES = ("keep", "reorder", "drop")
 
@@ -88,10 +88,13 @@ def main() -> None:
     rows.append(f"| (JAX, correct) | 1 | - | {evaluate.accuracy(results)['all']:.1%} |")
     print("\n".join(rows))
     (demo / "cls_defect.json").write_text(json.dumps(measured, indent=2) + "\n")
-    append_result(Path(args.report), "llama.cpp's class-token defect, measured", "python -m bench.cls_defect", rows,
-                  note=f"the demo VLM retrained with a class token in its tower ({model_dir}); f32 LLM, f16 mmproj; "
-                       f"{len(results)} held-out questions (chance {evaluate.chance(results):.1%}), "
-                       f"{args.images} images for the embeddings.")
+    write_result(Path(args.report), "llama.cpp's class-token defect, measured", "python -m bench.cls_defect", rows,
+                 note=f"the demo VLM retrained with a class token in its tower ({model_dir}); f32 LLM, f16 mmproj; "
+                      f"{len(results)} held-out questions (chance {evaluate.chance(results):.1%}), "
+                      f"{args.images} images for the embeddings.",
+                 headline=Headline("image-embedding cosine to JAX: " + ", ".join(
+                     f"{mode} {m['cosine']:.4f} ({m['same_answers']}/{m['questions']} same answers)"
+                     for mode, m in measured.items())))
 
 
 if __name__ == "__main__":

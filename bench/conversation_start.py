@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.packing import SOURCES, simulate
-from bench.report import append_result
+from bench.report import Headline, write_result
 
 MIX665K = "vlm stage 2 / lora (mix665k, vicuna_v1)"
 
@@ -110,8 +110,10 @@ def main() -> None:
     note = (f"Synthetic mix665k-shaped file, {args.samples:,} conversations, {args.workers} grain workers "
             f"(bench/conversation_start.py). A later start is {base['seconds'] / cached['seconds']:.1f}x faster to its "
             f"first batch; resident memory per worker {gib(base['worker_rss'])} -> {gib(cached['worker_rss'])}.")
-    append_result(Path(args.report), "Conversation pipeline start-up", f"python -m bench.conversation_start "
-                  f"--samples {args.samples} --workers {args.workers}", lines, note)
+    write_result(Path(args.report), "Conversation pipeline start-up", f"python -m bench.conversation_start "
+                 f"--samples {args.samples} --workers {args.workers}", lines, note,
+                 headline=Headline(f"first batch in {cached['seconds']:.1f} s from the cache ({base['seconds']:.1f} s "
+                                   f"tokenizing at start), {gib(cached['worker_rss'])} per worker"))
     print("\n".join(lines))
     print(note)
 

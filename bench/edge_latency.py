@@ -26,9 +26,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bench.report import Headline
 
 LM_PROMPT = "Building a website can be done in 10 simple steps:\nStep 1:"
 VLM_QUESTION = "What is in the picture?"
@@ -323,14 +326,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = table(results)
     print("\n".join(lines))
     if args.report:
-        from bench.report import append_result
+        from bench.report import write_result
 
         lines += ["", note(args.threads, args.lm_tokens, args.vlm_tokens, elapsed)]
-        append_result(Path(args.report), "Edge latency in llama.cpp (paper Tables 5 and 6 protocol)",
-                      "python -m " + " ".join(["bench.edge_latency"] + list(argv if argv is not None else sys.argv[1:])),
-                      lines, note=f"llama-cpp-python {__import__('llama_cpp').__version__}, CPU only, "
-                                  f"{args.threads} threads; random weights")
+        write_result(Path(args.report), "Edge latency in llama.cpp (paper Tables 5 and 6 protocol)",
+                     "python -m " + " ".join(["bench.edge_latency"] + list(argv if argv is not None else sys.argv[1:])),
+                     lines, note=f"llama-cpp-python {__import__('llama_cpp').__version__}, CPU only, "
+                                 f"{args.threads} threads; random weights", headline=headline(results))
     return 0
+
+
+def headline(results: Sequence[Result]) -> Headline:
+    """The summary row: generation tokens/s of each LM and total seconds of each VLM, in the table's order."""
+    from bench.report import Headline
+
+    lm = [f"{r.run.size} {r.run.file_type} {r.gen_tps:.1f}" for r in results if r.run.projector is None]
+    vlm = [f"{r.run.size} {r.run.projector} {r.total_s:.1f} s" for r in results if r.run.projector is not None]
+    return Headline("; ".join(filter(None, [lm and "LM generation tok/s: " + ", ".join(lm),
+                                            vlm and "VLM total: " + ", ".join(vlm)])))
 
 
 def note(threads: int, lm_tokens: int, vlm_tokens: int, elapsed: float) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.report import append_result
+from bench.report import Headline, write_result
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 
@@ -109,9 +109,14 @@ def main() -> None:
             lines += measure(name, root, root / "data", root / "tok.model", args.questions, args.batch)
     print("\n".join(lines))
     command = f"python -m bench.eval_throughput --questions {args.questions} --batch {args.batch} --models {args.models}"
-    append_result(REPORT, "Evaluation speed (`mvlm eval vlm` answering path)", command, lines,
-                  note=f"demo_world questions, greedy, at most 16 new tokens, random weights; JAX on "
-                       f"{jax.devices()[0].platform}; llama.cpp on the CPU ({os.cpu_count()} threads), one question at a time")
+    cells = [line.strip("| ").split(" | ") for line in lines[2:]]  # model, runtime, questions/s, against batch 1, ...
+    against = {(model, runtime): ratio for model, runtime, _, ratio, *_ in cells}
+    figure = "; ".join(f"{model}: batch {args.batch} at {against[(model, f'jax, batch {args.batch}')]}, llama.cpp at "
+                       f"{against[(model, 'llama.cpp f32')]} of JAX batch 1" for model in args.models.split(","))
+    write_result(REPORT, "Evaluation speed (`mvlm eval vlm` answering path)", command, lines,
+                 note=f"demo_world questions, greedy, at most 16 new tokens, random weights; JAX on "
+                      f"{jax.devices()[0].platform}; llama.cpp on the CPU ({os.cpu_count()} threads), one question at a time",
+                 headline=Headline(f"questions/s, {figure}"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 
-from bench.report import append_result, mean_seconds
+from bench.report import Headline, mean_seconds, write_result
 from mvlm_jax.models import projectors
 from mvlm_jax.models.config import PROJECTOR_PRESETS
 from mvlm_jax.train.step import CPU_COMPILER_OPTIONS
@@ -42,16 +42,19 @@ def main() -> None:
     parser.add_argument("--report", default="docs/PERFORMANCE.md")
     args = parser.parse_args()
     lines = ["| projector | shape | ours (ms) | JAX autodiff (ms) | speed-up |", "|---|---|---|---|---|"]
+    speedups = []
     for kind in ("ldp", "ldpv2"):
         for shape in SHAPES:
             ours = seconds_per_grad(kind, shape, args.repeats)
             with mock.patch.object(projectors, "depthwise_conv3x3", projectors.depthwise_conv3x3_forward):
                 theirs = seconds_per_grad(kind, shape, args.repeats)
             lines.append(f"| {kind} | {shape} | {1e3 * ours:.1f} | {1e3 * theirs:.1f} | {theirs / ours:.2f}x |")
+            speedups.append(f"{kind} {shape} {theirs / ours:.2f}x")
             print(lines[-1], flush=True)
-    append_result(Path(args.report), "Projector forward + backward", "python -m bench.projector_backward", lines,
-                  note=f"float32, one CPU device, mean of {args.repeats} after one warm-up; shapes "
-                       + ", ".join(f"{k}: {v[0]} images x 576 tokens, width {v[1]} -> {v[2]}" for k, v in SHAPES.items()))
+    write_result(Path(args.report), "Projector forward + backward", "python -m bench.projector_backward", lines,
+                 note=f"float32, one CPU device, mean of {args.repeats} after one warm-up; shapes "
+                      + ", ".join(f"{k}: {v[0]} images x 576 tokens, width {v[1]} -> {v[2]}" for k, v in SHAPES.items()),
+                 headline=Headline("ours against JAX autodiff: " + ", ".join(speedups)))
 
 
 if __name__ == "__main__":

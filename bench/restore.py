@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import append_result
+from bench.report import Headline, write_result
 
 DEVICES = 8
 GIB = 1 << 30
@@ -172,8 +172,11 @@ def main() -> None:
             "which for float32 2.7B (10 GiB each) would not fit a 24 GiB machine. Its random initialisation is "
             "drawn leaf by leaf in bfloat16 here, with few temporaries, as the float32 trainer's init had "
             "(see bench/restore.py)." if args.dtype == "bfloat16" else "")
-    append_result(Path(args.report), f"init_from restore, MobileLLaMA {args.size}",
-                  f"python -m bench.restore --size {args.size} --dtype {args.dtype}", lines, note=note)
+    copies = {path: (r["peak_rss"] - r["before_rss"]) / size_bytes for path, r in results.items()}
+    write_result(Path(args.report), f"init_from restore, MobileLLaMA {args.size}",
+                 f"python -m bench.restore --size {args.size} --dtype {args.dtype}", lines, note=note,
+                 headline=Headline(f"sharded restore: {copies['after']:.2f} copies at peak, {after['seconds']:.1f} s "
+                                   f"(former path {copies['before']:.2f} copies, {before['seconds']:.1f} s)"))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.report import append_result
+from bench.report import Headline, write_result
 from mvlm_jax.models import build_model
 from mvlm_jax.models.config import LlamaConfig, with_rope_scaling
 
@@ -151,8 +151,10 @@ def main() -> None:
             f"of {long} ({tokens['fine-tune']:,} tokens, lr {tune.optim.learning_rate:g}, "
             f"{seconds['fine-tune']:.0f} s); "
             f"loss over {len(windows) // 8 * 8} held-out windows of {long} (val split); plot: {args.plot}")
-    append_result(Path(args.report), "RoPE position interpolation: loss against position",
-                  "python -m bench.rope_interpolation", rows, note)
+    ratios = [f"{numbers[name]['ratio']:.3f} {name}" for name in curves]
+    write_result(Path(args.report), "RoPE position interpolation: loss against position",
+                 "python -m bench.rope_interpolation", rows, note,
+                 headline=Headline("loss L..4L / 0..L: " + ", ".join(ratios)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.report import append_result
+from bench.report import Headline, write_result
 
 # (label, experiment file:arg, topology, fsdp, global batch rows, accumulation steps)
 ROWS = [
@@ -53,6 +53,7 @@ def main() -> None:
     lines = ["| step | slice | mesh (data, fsdp, tensor) | rows x accumulation | params + optimizer | temporaries | "
              "total / HBM per chip | fits | roofline step | MFU bound | compile |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fits, bounds = [], []
     for index in chosen:
         label, experiment, topology, fsdp, rows, accumulation = ROWS[index]
         devices, chip = tpu_devices(topology)
@@ -61,12 +62,14 @@ def main() -> None:
         with config.unlocked():
             config.mesh.update(data=len(devices) // fsdp, fsdp=fsdp, tensor=1)
         result = plan(config, devices, chip)
+        fits.append(result["mesh"] is not None and bool(result["fits"]))
         if result["mesh"] is None:
             lines.append(f"| {label} | {topology} | 1, {fsdp}, 1 | {rows} x {accumulation} | | | "
                          f"{result['total_gib']:.1f} / {result['capacity_gib']:.1f} GiB | no | | | "
                          f"{result['compile_s']:.0f} s |")
         else:
             bound = result["roofline"]
+            bounds.append(100 * bound.mfu_bound)
             mesh = ", ".join(str(v) for v in result["mesh"].values())
             lines.append(f"| {label} | {topology} | {mesh} | {rows} x {accumulation} | "
                          f"{result['params_gib'] + result['optimizer_gib']:.2f} GiB | {result['temporaries_gib']:.2f} GiB | "
@@ -74,12 +77,15 @@ def main() -> None:
                          f"{'yes' if result['fits'] else 'no'} | {bound.step_s:.2f} s ({bound.bound_by}) | "
                          f"{100 * bound.mfu_bound:.0f} % | {result['compile_s']:.0f} s |")
         print(lines[-1], flush=True)
-    append_result(Path(args.report), "TPU plans: paper-scale steps compiled for TPU slices",
-                  "python -m bench.tpu_plans" + (f" --only {args.only}" if args.only else ""), lines,
-                  note="compiled with libtpu 0.0.42 on this CPU machine (no TPU); memory per chip from XLA:TPU's "
-                       "memory analysis; roofline from the compiled FLOPs and bytes of the whole step "
-                       "(train/roofline.py) at the chip's peak bf16 FLOP/s and HBM bandwidth; compile: the "
-                       "first of three compiles, on a shared 2-core CPU")
+    bound_range = f"; MFU bound {min(bounds):.0f}-{max(bounds):.0f} %" if bounds else ""
+    write_result(Path(args.report), "TPU plans: paper-scale steps compiled for TPU slices",
+                 "python -m bench.tpu_plans" + (f" --only {args.only}" if args.only else ""), lines,
+                 headline=Headline(f"{sum(fits)} of {len(fits)} plans fit the chip's HBM{bound_range}",
+                                   "every plan fits the chip's HBM", all(fits)),
+                 note="compiled with libtpu 0.0.42 on this CPU machine (no TPU); memory per chip from XLA:TPU's "
+                      "memory analysis; roofline from the compiled FLOPs and bytes of the whole step "
+                      "(train/roofline.py) at the chip's peak bf16 FLOP/s and HBM bandwidth; compile: the "
+                      "first of three compiles, on a shared 2-core CPU")
 
 
 if __name__ == "__main__":

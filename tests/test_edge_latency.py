@@ -50,6 +50,8 @@ def test_rows_and_counts(results):
     assert not any((workdir / "ckpt").iterdir())
     table = bench.table(rows)
     assert len(table) == 2 + len(rows) and all(line.count("|") == len(bench.HEADER) + 1 for line in table)
+    figure = bench.headline(rows).figure  # the summary row of docs/PERFORMANCE.md
+    assert figure.startswith("LM generation tok/s: tiny q4_k_s ") and "; VLM total: tiny ldp " in figure
 
 
 def test_rerun_reuses_exports(results):
