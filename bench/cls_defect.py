@@ -93,8 +93,8 @@ def main() -> None:
                       f"{len(results)} held-out questions (chance {evaluate.chance(results):.1%}), "
                       f"{args.images} images for the embeddings.",
                  headline=Headline("image-embedding cosine to JAX: " + ", ".join(
-                     f"{mode} {m['cosine']:.4f} ({m['same_answers']}/{m['questions']} same answers)"
-                     for mode, m in measured.items())))
+                     f"{mode} {m['cosine']:.4f}" for mode, m in measured.items()) + "; same answers as JAX: "
+                     + ", ".join(f"{m['same_answers']}/{m['questions']}" for m in measured.values())))
 
 
 if __name__ == "__main__":

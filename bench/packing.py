@@ -84,10 +84,10 @@ def main() -> None:
             "distributions. Padding is the share of row positions that hold no sample token; "
             "'image slots used' is the share of the rows' image slots that hold an image (the tower encodes empty "
             "slots too). Packing time: the host computing one epoch's rows.")
-    figure = ", ".join(f"{name} {100 * packed:.1f} % (one sample per row: {100 * single:.1f} %)"
-                       for name, (single, packed) in padding.items())
+    shares = lambda k: " / ".join(f"{100 * v[k]:.1f}" for v in padding.values())  # noqa: E731
     write_result(Path(args.report), "Padding of the paper recipes' rows", "python -m bench.packing", lines, note,
-                 headline=Headline(f"padding with the recipes' packers: {figure}"))
+                 headline=Headline(f"padding {shares(1)} % ({' / '.join(padding)}) with the recipes' packers; "
+                                   f"one sample per row {shares(0)} %"))
     print("\n".join(lines))
 
 
