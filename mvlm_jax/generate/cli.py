@@ -14,7 +14,8 @@ import argparse
 import sys
 from typing import Sequence, TextIO
 
-from mvlm_jax.generate.prompts import PROMPT_TEMPLATES, build_prompt, chat_prompt, find_image, find_tokenizer, prompt_text
+from mvlm_jax.generate.prompts import (PROMPT_TEMPLATES, build_prompt, chat_prompt, find_image, find_tokenizer,
+                                      prompt_text)
 from mvlm_jax.generate.sampling import SamplingConfig
 from mvlm_jax.generate.stream import stream_text
 

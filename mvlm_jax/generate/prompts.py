@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipelines.templates import IMAGE_PLACEHOLDER, IMAGE_TOKEN, Segment, generation_prompt, tokenize, vicuna_v1_segments
+from data_pipelines.templates import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, Segment, generation_prompt, tokenize,
+                                     vicuna_v1_segments)
 from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.checkpoint import TOKENIZER_FILE
 
@@ -35,7 +36,8 @@ def find_tokenizer(ckpt: str | os.PathLike, tokenizer: str | os.PathLike | None 
 def raw_prompt(tokenizer: Tokenizer, text: str, has_image: bool = False) -> np.ndarray:
     """BOS + text (no template), "<image>" in the text splices the image; with an image and no "<image>"
     in the text, the image comes first (the stage-1 `plain` layout: "<image>" + text)."""
-    ids = tokenize(tokenizer, [Segment(prompt_text([{"from": "human", "value": text}], "raw", has_image), False)]).ids
+    text = prompt_text([{"from": "human", "value": text}], "raw", has_image)
+    ids = tokenize(tokenizer, [Segment(text, False)]).ids
     count = int(np.sum(ids == IMAGE_TOKEN))
     if count != int(has_image):
         raise ValueError(f"the prompt holds {count} {IMAGE_PLACEHOLDER} marker(s) but {int(has_image)} image(s) were given")
