@@ -102,6 +102,27 @@ def test_export_refuses_existing_output_and_vision_only_checkpoints(tmp_path, ca
     assert code == 1 and "--force" in capsys.readouterr().err
 
 
+def test_export_refuses_a_tower_without_class_token(tmp_path, capsys):
+    """transformers' CLIPVisionModel always has a class token (num_patches + 1 position rows), so a tower
+    without one (the demo preset) has no Hugging Face form: refused, naming what to do instead; nor is such
+    a tower ever labelled as a hub tower."""
+    import dataclasses
+
+    from mvlm_jax.checkpoint import CONFIG_FILE
+    from mvlm_jax.convert.hf_config import known_tower
+    from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig, to_dict
+
+    config = VLMConfig(VISION_PRESETS["demo"], PROJECTOR_PRESETS["ldp"], LLAMA_PRESETS["tiny"])
+    (tmp_path / "ckpt").mkdir()  # the config alone: the export refuses before it reads any weights
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps(to_dict(config)))
+    code = convert_main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")])
+    error = capsys.readouterr().err
+    assert code == 1 and "no class token" in error and "mvlm export" in error
+    assert_nothing_left(tmp_path / "hf")
+    assert known_tower(VISION_PRESETS["l14_336"]) == "openai/clip-vit-large-patch14-336"
+    assert known_tower(dataclasses.replace(VISION_PRESETS["l14_336"], class_token=False)) is None
+
+
 def test_missing_files(tmp_path, hf_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

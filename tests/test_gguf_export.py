@@ -4,18 +4,17 @@ or an existing output is refused without losing anything."""
 import dataclasses
 
 import gguf
-import jinja2
 import numpy as np
 import pytest
 import sentencepiece as spm
 
 import gguf_helpers
-from data_pipelines.templates import vicuna_v1_segments
+from data_pipelines.templates import IMAGE_PLACEHOLDER, vicuna_v1_segments
 from mvlm_jax.convert.families import clip_mapping, llama_mapping, projector_mapping
 from mvlm_jax.convert.mapping import export_tensors
 from mvlm_jax.export.__main__ import main as export_main
 from mvlm_jax.export.gguf_file import export_gguf
-from mvlm_jax.export.llm_gguf import VICUNA_V1_JINJA, rope_pairs
+from mvlm_jax.export.llm_gguf import MEDIA_MARKER, VICUNA_V1_JINJA, rope_pairs
 from mvlm_jax.models.config import ProjectorConfig
 
 
@@ -73,19 +72,50 @@ def test_llm_file_holds_every_tensor_in_llamacpp_layout_and_the_metadata(tmp_pat
     assert types[3] == gguf.TokenType.BYTE and types[-1] == gguf.TokenType.UNUSED and tokens[-1] == "[PAD335]"
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
     assert fields["tokenizer.ggml.add_space_prefix"] is True  # the SentencePiece model's add_dummy_prefix
+    assert fields["tokenizer.chat_template"] == VICUNA_V1_JINJA
 
 
-def test_chat_template_renders_the_vicuna_v1_text():
+def _llamacpp_render(messages: list[dict]) -> str:
+    """The GGUF's chat template applied the way llama-cpp-python applies a model's Jinja template."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(VICUNA_V1_JINJA, eos_token="</s>", bos_token="<s>")(messages=messages).prompt
+
+
+def _llamacpp_builtin(messages: list[dict]) -> int:
+    """llama.cpp's own template engine without --jinja (llama_chat_apply_template): bytes written, < 0 refused."""
+    import ctypes
+
+    import llama_cpp
+
+    chat = (llama_cpp.llama_chat_message * len(messages))(
+        *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in messages])
+    buffer = ctypes.create_string_buffer(4096)
+    return llama_cpp.llama_chat_apply_template(VICUNA_V1_JINJA.encode(), chat, len(messages), True, buffer, 4096)
+
+
+def test_chat_template_renders_the_training_prompt_in_llamacpp():
+    """Rendered by llama-cpp-python's Jinja path, the GGUF's template gives byte for byte the text our
+    training template gives, also for an image in every place llama.cpp's tools put the marker; llama.cpp's
+    built-in (non-Jinja) templates refuse it instead of guessing a different layout."""
     turns = [{"from": "human", "value": "What is red?"}, {"from": "gpt", "value": "A tomato."},
              {"from": "human", "value": "And green?"}]
-    ours = "".join(s.text for s in vicuna_v1_segments(turns, generation_prompt=True))
     messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
-    rendered = jinja2.Environment().from_string(VICUNA_V1_JINJA).render(messages=messages, bos_token="<s>",
-                                                                        eos_token="</s>")
-    assert rendered == "<s>" + ours
-    custom = jinja2.Environment().from_string(VICUNA_V1_JINJA).render(
-        messages=[{"role": "system", "content": "Be brief."}] + messages[:1], bos_token="<s>", eos_token="</s>")
+    text = "".join(s.text for s in vicuna_v1_segments(turns, generation_prompt=True))
+    assert _llamacpp_render(messages) == "<s>" + text
+    with_image = "".join(s.text for s in vicuna_v1_segments(turns, has_image=True, generation_prompt=True))
+    assert "<image>\nWhat is red?" in with_image
+    # -p 'Q' (llama-mtmd-cli appends the marker), -p '<__media__>\nQ' (the explicit form), the marker first
+    # (chat mode's /image, llama-cli), and -p '\nQ'
+    for first in ["What is red?" + MEDIA_MARKER, MEDIA_MARKER + "\nWhat is red?", MEDIA_MARKER + "What is red?",
+                  MEDIA_MARKER + "\nWhat is red?  ", "\nWhat is red?" + MEDIA_MARKER]:
+        rendered = _llamacpp_render([{"role": "user", "content": first}] + messages[1:])
+        assert rendered == "<s>" + with_image.replace(IMAGE_PLACEHOLDER, MEDIA_MARKER), first
+    custom = _llamacpp_render([{"role": "system", "content": "Be brief."}] + messages[:1])
     assert custom == "<s>Be brief. USER: What is red? ASSISTANT:"
+    assert _llamacpp_builtin(messages) < 0
+    from llama_cpp import mtmd_cpp
+    assert mtmd_cpp.mtmd_default_marker().decode() == MEDIA_MARKER
 
 
 @pytest.mark.parametrize("projector, class_token, cls", [("ldp", True, "keep"), ("ldpv2", False, "keep"),

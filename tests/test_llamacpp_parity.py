@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import gguf_helpers
+from llamacpp_vision import llamacpp_image_embeddings
 from mvlm_jax.checkpoint import load_model
 from mvlm_jax.convert.hf import import_hf
 from mvlm_jax.edge.llamacpp import LlamaCppModel
 from mvlm_jax.export.gguf_file import export_gguf
-from mvlm_jax.export.llamacpp_vision import llamacpp_image_embeddings
 from mvlm_jax.models import build_model
 from mvlm_jax.models.config import with_rope_scaling
 from test_vlm import build_mobilevlm

@@ -173,6 +173,13 @@ def test_configs_round_trip_through_json_and_reject_unknown_keys():
     data["config"]["hidden_sise"] = 3
     with pytest.raises(ValueError, match="hidden_sise"):
         from_dict(data)
+    # VLM configs saved before image_token_id was retired still load; a value it never had is refused.
+    old = to_dict(config)
+    old["config"]["image_token_id"] = -200
+    assert from_dict(old) == config
+    old["config"]["image_token_id"] = 7
+    with pytest.raises(ValueError, match="image_token_id"):
+        from_dict(old)
 
 
 def test_sincos2d_position_embeddings_start_as_big_visions_table():

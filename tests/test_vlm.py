@@ -28,16 +28,25 @@ PROJECTORS = {"ldpnet": torch_refs.LDP, "ldpnetv2": lambda w, d: torch_refs.LDPv
 SLOT, TEXT_AFTER = 3, 5
 
 
-def build_mobilevlm(directory, projector_type: str, with_tower_tensors: bool = True, llama_shape: dict | None = None,
+def build_mobilevlm(directory, projector_type: str, tower: str | None = "released", llama_shape: dict | None = None,
                     clip_shape: dict | None = None):
-    """MobileVLM layout: LLaMA names, model.vision_tower.vision_tower.vision_model.*, model.mm_projector.*"""
+    """MobileVLM layout: LLaMA names, the tower, model.mm_projector.*. tower: "released" (the names of the
+    official releases, model.vision_tower.vision_tower.vision_model.*), "transformers5" (a MobileVLM re-saved
+    with transformers 5: model.vision_tower.vision_tower.* + the names transformers 5 saves a CLIPVisionModel
+    under, read back from the file it wrote), None (no tower tensors: V1 releases load the CLIP directory)."""
     llama = hf_builders.llama(directory / "llm", seed=11, **(llama_shape or {}))
     clip = hf_builders.clip_vision(directory / "clip", seed=12, **(clip_shape or {}))
     projector = torch_refs.randomize_(PROJECTORS[projector_type](clip.config.hidden_size,
                                                                  llama.config.hidden_size).eval(), seed=13)
     state = hf_builders.numpy_state(llama)
-    if with_tower_tensors:
-        state.update(hf_builders.numpy_state(clip, "model.vision_tower.vision_tower.vision_model."))
+    if tower == "released":
+        saved = load_file(str(directory / "clip" / "model.safetensors"))
+        unprefixed = {name.removeprefix("vision_model."): value for name, value in saved.items()}
+        state.update({f"model.vision_tower.vision_tower.vision_model.{n}": v for n, v in unprefixed.items()})
+    elif tower == "transformers5":
+        saved = load_file(str(directory / "clip" / "model.safetensors"))
+        assert not any(n.startswith("vision_model.") for n in saved), "transformers 5 writes no vision_model. prefix"
+        state.update({f"model.vision_tower.vision_tower.{n}": v for n, v in saved.items()})
     state.update(hf_builders.numpy_state(projector, "model.mm_projector."))
     (directory / "vlm").mkdir()
     save_file(state, str(directory / "vlm" / "model.safetensors"))
@@ -60,10 +69,12 @@ def torch_logits(llama, clip, projector, prompt_ids, image):
         return llama(inputs_embeds=merged).logits.numpy(), image_embeddings.numpy()
 
 
-@pytest.mark.parametrize("projector_type, with_tower", [("ldpnet", True), ("ldpnetv2", True),
-                                                          ("mlp2x_gelu", True), ("ldpnet", False)])
-def test_mobilevlm_import_places_images_and_matches_torch(tmp_path, projector_type, with_tower):
-    llama, clip, projector = build_mobilevlm(tmp_path, projector_type, with_tower)
+@pytest.mark.parametrize("projector_type, tower", [("ldpnet", "released"), ("ldpnetv2", "released"),
+                                                    ("mlp2x_gelu", "transformers5"), ("ldpnet", None)])
+def test_mobilevlm_import_places_images_and_matches_torch(tmp_path, projector_type, tower):
+    """Every projector; the tower's tensors as released, as transformers 5 re-saves them, or from the CLIP
+    directory."""
+    llama, clip, projector = build_mobilevlm(tmp_path, projector_type, tower)
     config = import_hf(tmp_path / "vlm", tmp_path / "ckpt")
     params, _ = load_model(tmp_path / "ckpt")
     model = build_model(config)
@@ -139,7 +150,7 @@ def test_vlm_export_to_mobilevlm_layout_round_trips(tmp_path):
 
 
 def test_tower_named_by_hub_id_gets_the_known_shape_and_missing_weights_are_explained(tmp_path):
-    build_mobilevlm(tmp_path, "ldpnet", with_tower_tensors=False)
+    build_mobilevlm(tmp_path, "ldpnet", tower=None)
     config = json.loads((tmp_path / "vlm" / "config.json").read_text())
     config.update(mm_vision_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=1024)
     (tmp_path / "vlm" / "config.json").write_text(json.dumps(config))

@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from mvlm_jax.atomic import atomic_directory, ensure_writable
-from mvlm_jax.checkpoint import TOKENIZER_FILE, load_model, save_model
+from mvlm_jax.checkpoint import TOKENIZER_FILE, load_config, load_model, save_model
 from mvlm_jax.convert import hf_config
 from mvlm_jax.convert.families import clip_mapping, llama_mapping, projector_mapping
 from mvlm_jax.convert.mapping import ConversionError, Mapping, export_tensors, import_params
@@ -31,7 +31,9 @@ from mvlm_jax.models import abstract_params
 from mvlm_jax.models.config import LlamaConfig, ModelConfig, VisionConfig, VLMConfig
 from mvlm_jax.models.lora import merge_lora
 
-TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."  # the tower's names as MobileVLM releases spell them
+# A MobileVLM re-saved with transformers 5 spells them without `vision_model.` (its CLIPVisionModel drops it).
+TOWER_PREFIX_TRANSFORMERS5 = "model.vision_tower.vision_tower."
 TOWER_DIR = "vision_tower"
 # A CLIPModel also holds the text half; only the vision part is ever used.
 CLIP_TEXT_PARTS = (r"text_model\..*", r"logit_scale", r"text_projection\.weight", r"visual_projection\.weight")
@@ -89,8 +91,9 @@ def plan_import(hf_dir: Path, vision_dir: Path | None = None) -> tuple[ModelConf
         raise ConversionError(f"{where}: mm_hidden_size {mm_hidden} differs from the tower width {vision.width}")
     vlm = VLMConfig(vision=vision, projector=hf_config.projector_from_hf(config, where),
                     llm=hf_config.llama_from_hf(config, where))
-    if any(n.startswith(TOWER_PREFIX) for n in source.names()):
-        return vlm, _vlm_mapping(vlm, TOWER_PREFIX), source
+    for prefix in (TOWER_PREFIX, TOWER_PREFIX_TRANSFORMERS5):  # the longer one first: it contains the other
+        if any(n.startswith(prefix) for n in source.names()):
+            return vlm, _vlm_mapping(vlm, prefix), source
     # V1-style checkpoints without the tower: its weights come from the CLIP directory.
     if tower_dir is None:
         raise ConversionError(f"{hf_dir}: the checkpoint holds no {TOWER_PREFIX}* tensors and mm_vision_tower "
@@ -116,6 +119,12 @@ def _export_plan(config: ModelConfig, out: Path) -> tuple[Mapping, dict]:
     if isinstance(config, LlamaConfig):
         return llama_mapping(config), hf_config.llama_to_hf(config)
     if isinstance(config, VLMConfig):
+        if not config.vision.class_token:
+            raise ConversionError(
+                "this VLM's vision tower has no class token (VisionConfig.class_token=False, e.g. the demo preset); "
+                "a Hugging Face CLIPVisionModel always has one (num_patches + 1 position rows), so transformers and "
+                "the official MobileVLM code cannot load it. Export it for llama.cpp instead (`mvlm export`, "
+                "docs/EXPORT.md), which runs such a tower exactly")
         # The official loader builds the tower with CLIPVisionModel.from_pretrained(mm_vision_tower): a hub
         # id when the architecture is a known one, else the tower directory written beside the checkpoint.
         tower = hf_config.known_tower(config.vision) or str(out.absolute() / TOWER_DIR)
@@ -137,6 +146,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = Fal
     """Write `ckpt` as a Hugging Face directory (safetensors shards + config.json) at `out`."""
     out = Path(out)
     ensure_writable(out, force)
+    _export_plan(load_config(ckpt), out)  # what has no Hugging Face form is refused before the weights load
     params, config = load_model(ckpt)
     params, config = merge_lora(params, config)
     mapping, hf = _export_plan(config, out)

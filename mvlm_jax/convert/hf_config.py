@@ -197,7 +197,9 @@ def projector_to_hf(config: ProjectorConfig) -> dict[str, Any]:
 
 
 def known_tower(config: VisionConfig) -> str | None:
-    """The hub id whose architecture `config` has (shape, activation, eps), if any."""
+    """The hub id whose architecture `config` has (shape, activation, eps, a class token), if any."""
+    if not config.class_token:  # every hub CLIP tower has one
+        return None
     hf = vision_to_hf(config)
     for name, shape in KNOWN_TOWERS.items():
         if all(hf[k] == v for k, v in {**CLIP_VISION_DEFAULTS, **shape}.items()):

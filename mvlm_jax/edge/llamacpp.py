@@ -1,4 +1,8 @@
-"""Running exported GGUF files in llama.cpp (through llama-cpp-python and its `mtmd` bindings).
+"""llama.cpp, through llama-cpp-python and its `mtmd` bindings: running exported GGUF files, and its quantizer.
+
+Every use of llama.cpp in the package goes through this package (mvlm_jax/edge): the runtime and the
+quantizer here, the `--gguf` generate/chat session in edge/session.py. (The GGUF files themselves are
+written by mvlm_jax/export with the `gguf` package.)
 
 One object holds the text model and, for a VLM, the mmproj context. Prompts are lists of segments, each
 either token ids (ours, so JAX and llama.cpp see exactly the same ids) or an RGB image: an image segment
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import numpy as np
+
+from data_pipelines.templates import IMAGE_PLACEHOLDER
 
 Segment = Union[Sequence[int], np.ndarray]  # token ids, or an image [H, W, 3] uint8
 
@@ -214,3 +220,26 @@ class LlamaCppModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def prompt_segments(runtime: LlamaCppModel, text: str, image: np.ndarray | None) -> list[Segment]:
+    """A text prompt with "<image>" where the image goes -> segments, tokenized by llama.cpp's vocabulary:
+    the text before the marker (with BOS), the image, the text after it (each chunk on its own, as training
+    tokenizes around the image). Without an image "<image>" is plain text."""
+    before, marker, after = text.partition(IMAGE_PLACEHOLDER)
+    if not marker or image is None:
+        return [runtime.tokenize(text, add_bos=True)]
+    return [runtime.tokenize(before, add_bos=True), image, runtime.tokenize(after, add_bos=False)]
+
+
+def quantize(source: str | os.PathLike, target: str | os.PathLike, ftype: int, threads: int = 0) -> None:
+    """llama.cpp's own quantizer (`llama_model_quantize`): the GGUF at `source` to `target` in file type
+    `ftype` (a llama_ftype, e.g. gguf.LlamaFileType.MOSTLY_Q4_K_S); K-quants need it (gguf-py cannot)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(ftype)
+    params.nthread = threads or os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} (llama_ftype {int(ftype)}, status {status})")

@@ -214,13 +214,10 @@ class LlamaCppAnswerer:
         self.fingerprint = file_fingerprint(gguf, mmproj)
 
     def segments(self, question: Question, blind: bool, pixels: np.ndarray | None) -> list:
-        from mvlm_jax.generate.llamacpp_session import prompt_text
+        from mvlm_jax.edge.llamacpp import prompt_segments
+        from mvlm_jax.generate.prompts import prompt_text
 
-        text = prompt_text(turns(question, blind), "vicuna_v1", has_image=False)
-        before, marker, after = text.partition(IMAGE_PLACEHOLDER)
-        if not marker:
-            return [self.runtime.tokenize(text, add_bos=True)]
-        return [self.runtime.tokenize(before, add_bos=True), pixels, self.runtime.tokenize(after, add_bos=False)]
+        return prompt_segments(self.runtime, prompt_text(turns(question, blind), "vicuna_v1", has_image=False), pixels)
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         out = []

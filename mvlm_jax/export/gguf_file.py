@@ -1,13 +1,13 @@
 """One export call: a checkpoint to the GGUF files llama.cpp loads (the LLM, plus an mmproj for a VLM)."""
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from pathlib import Path
 
 from mvlm_jax.atomic import atomic_file, ensure_writable
 from mvlm_jax.checkpoint import TOKENIZER_FILE, load_model
+from mvlm_jax.edge.llamacpp import quantize
 from mvlm_jax.export.gguf_io import FILE_TYPES, write_gguf
 from mvlm_jax.export.llm_gguf import llm_metadata, llm_tensors
 from mvlm_jax.export.mmproj_gguf import CLS_MODES, ClsMode, check_supported, mmproj_metadata, mmproj_tensors
@@ -28,18 +28,6 @@ def output_paths(out: str | os.PathLike, name: str, file_type: str, vision: bool
         mode = "" if cls == "keep" else f"-cls-{cls}"
         paths.append(out / f"mmproj-{name}{mode}-f16.gguf")
     return paths
-
-
-def llamacpp_quantize(source: Path, target: Path, file_type: str, threads: int = 0) -> None:
-    """K-quants through llama.cpp's own quantizer (the gguf package cannot make them)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(FILE_TYPES[file_type][0])
-    params.nthread = threads or os.cpu_count() or 1
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
-    if status != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source} to {file_type} (status {status})")
 
 
 def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, file_type: str = "f16",
@@ -99,4 +87,4 @@ def _write_llm(path: Path, name: str, file_type: str, llm_params: dict, llm_conf
                    llm_tensors(llm_params, llm_config, written_matrices), force=force)
         if not direct:
             with atomic_file(path, force=force) as partial:
-                llamacpp_quantize(first, partial, file_type)
+                quantize(first, partial, llama_type)

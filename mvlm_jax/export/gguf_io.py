@@ -20,7 +20,7 @@ from mvlm_jax.atomic import atomic_file
 Q = gguf.GGMLQuantizationType
 
 # --type of the export -> (llama file type, tensor type of the matrices). K-quants start from an F16 file
-# and go through llama.cpp's own quantizer (export/quantize.py).
+# and go through llama.cpp's own quantizer (mvlm_jax/edge/llamacpp.py, `quantize`).
 FILE_TYPES: dict[str, tuple[gguf.LlamaFileType, Q]] = {
     "f32": (gguf.LlamaFileType.ALL_F32, Q.F32),
     "f16": (gguf.LlamaFileType.MOSTLY_F16, Q.F16),

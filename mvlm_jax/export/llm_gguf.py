@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 import sentencepiece as spm
 
+from data_pipelines.templates import VICUNA_V1_SYSTEM
 from mvlm_jax.convert.families import llama_mapping
 from mvlm_jax.convert.mapping import export_plan
 from mvlm_jax.export.gguf_io import PlannedTensor, matrix_type, rename
@@ -37,18 +38,36 @@ _NAMES: list[tuple[str, str]] = [
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"blk.\1.ffn_norm.weight"),
 ]
 
-# MobileVLM's vicuna_v1 conversation (data_pipelines/templates.py) as a Jinja chat template: an optional
-# system message replaces the default one; user turns end with " ASSISTANT:", answers with </s>.
-VICUNA_V1_JINJA = (
-    "{%- set system = 'A chat between a curious user and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
-    "{%- set messages = messages[1:] -%}{%- endif -%}"
-    "{{- bos_token + system + ' ' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + message['content'] + ' ASSISTANT:' -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'] + eos_token -}}{%- endif -%}"
-    "{%- endfor -%}")
+# llama.cpp's image marker (mtmd_default_marker() in tools/mtmd/mtmd.cpp): where an image goes in a prompt.
+MEDIA_MARKER = "<__media__>"
+
+
+def _jinja_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def vicuna_v1_jinja(system: str = VICUNA_V1_SYSTEM, image: str = MEDIA_MARKER) -> str:
+    """MobileVLM's vicuna_v1 conversation (data_pipelines/templates.py) as a Jinja chat template: an optional
+    system message replaces the default one; user turns end with " ASSISTANT:", answers with </s>. A user
+    message holding the image marker gets the layout training used, "<marker>\\n" + the rest stripped,
+    wherever the marker was: llama-mtmd-cli appends the marker to a `-p` prompt that lacks one."""
+    marker = _jinja_string(image)
+    return (
+        "{%- set system = " + _jinja_string(system) + " -%}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
+        "{%- set messages = messages[1:] -%}{%- endif -%}"
+        "{{- bos_token + system + ' ' -}}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}{%- set content = message['content'] -%}"
+        "{%- if " + marker + " in content -%}"
+        "{%- set content = " + _jinja_string(image + "\n") + " + content.replace(" + marker + ", '').strip() -%}"
+        "{%- endif -%}"
+        "{{- 'USER: ' + content + ' ASSISTANT:' -}}"
+        "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'] + eos_token -}}{%- endif -%}"
+        "{%- endfor -%}")
+
+
+VICUNA_V1_JINJA = vicuna_v1_jinja()
 
 
 def rope_pairs(rows: np.ndarray, heads: int) -> np.ndarray:

@@ -7,7 +7,7 @@ The pinned llama.cpp has two defects in its LLaVA-family vision graph; this writ
   our tower runs (up to the selected layer) and feature_layer = [that count], so it runs all of them.
 - Class token: it appends the class token AFTER the patches, gives token i position row i and feeds rows
   1..576 to the projector (patch 0 dropped, the class token last). Nothing in a file fixes that; `cls`
-  picks what to write for a tower with a class token (see docs/EXPORT.md and export/llamacpp_vision.py):
+  picks what to write for a tower with a class token (see docs/EXPORT.md; tests/llamacpp_vision.py models the result):
     "keep"     the faithful file (class embedding, 577 position rows in HF order);
     "reorder"  position rows rotated so every token gets its own position (the ViT is then exact; the
                projector still sees the grid shifted by one with the class token last);

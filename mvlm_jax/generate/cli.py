@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterable, Sequence, TextIO
+from typing import Sequence, TextIO
 
-from mvlm_jax.generate.llamacpp_session import LlamaCppSession, prompt_text
-from mvlm_jax.generate.prompts import TEMPLATES, build_prompt, chat_prompt, find_tokenizer, load_image
+from mvlm_jax.generate.prompts import (PROMPT_TEMPLATES, build_prompt, chat_prompt, find_image, find_tokenizer,
+                                      prompt_text)
 from mvlm_jax.generate.sampling import SamplingConfig
+from mvlm_jax.generate.stream import stream_text
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ class Session:
     """A loaded checkpoint, its tokenizer and (optionally) one preprocessed image."""
 
     def __init__(self, args: argparse.Namespace):
+        from data_pipelines.images import preprocess_file
         from mvlm_jax.checkpoint import load_config
         from mvlm_jax.generate.engine import Generator
         from mvlm_jax.models.config import VLMConfig
@@ -49,7 +51,7 @@ class Session:
         if args.image is not None:
             if not isinstance(config, VLMConfig):
                 raise ValueError(f"--image needs a MobileVLM checkpoint; {args.ckpt} holds a {type(config).__name__}")
-            self.image = load_image(args.image, config.vision.image_size)
+            self.image = preprocess_file(find_image(args.image), config.vision.image_size)  # padded to square
         self.generator = Generator.from_checkpoint(args.ckpt, max_len=args.max_len)
         self.sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
 
@@ -65,31 +67,15 @@ class Session:
                            self.generator.eos_ids, out)
 
 
-def stream_text(tokenizer, tokens: Iterable[int], eos_ids: Sequence[int], out: TextIO) -> str:
-    """Write the decoded text of `tokens` to `out` as it grows (up to an EOS); returns the whole text."""
-    ids, shown = [], ""
-    for token in tokens:
-        if token in eos_ids:
-            break
-        ids.append(token)
-        text = tokenizer.decode(ids)
-        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence of byte pieces: wait for the rest
-            out.write(text[len(shown):])
-            out.flush()
-            shown = text
-    text = tokenizer.decode(ids)
-    out.write(text[len(shown):])
-    out.flush()
-    return text
-
-
 def generate_main(argv: Sequence[str] | None = None) -> int:
     parser = _parser("mvlm generate", "continue a prompt (optionally about an image) and print the continuation")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--template", choices=TEMPLATES, default="raw")
+    parser.add_argument("--template", choices=PROMPT_TEMPLATES, default="raw")
     args = parser.parse_args(argv)
     try:
         if args.gguf:
+            from mvlm_jax.edge.session import LlamaCppSession
+
             session = LlamaCppSession(args)
             print(session.answer(prompt_text([{"from": "human", "value": args.prompt}], args.template,
                                              session.image is not None)))
@@ -109,6 +95,8 @@ def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) ->
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
     try:
+        if args.gguf:
+            from mvlm_jax.edge.session import LlamaCppSession
         session = LlamaCppSession(args) if args.gguf else Session(args)
         has_image = session.image is not None
 

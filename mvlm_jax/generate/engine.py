@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.templates import IMAGE_TOKEN  # one per image in a prompt's ids
 from mvlm_jax.generate.sampling import SamplingConfig, choose_tokens, step_keys
 from mvlm_jax.models.config import LlamaConfig, VLMConfig
 from mvlm_jax.models.layers import DTYPES
 from mvlm_jax.models.llama import KVCache, MobileLLaMA
 from mvlm_jax.models.vlm import MobileVLM, place_image_embeddings
 
-IMAGE_TOKEN = -200  # as data_pipelines.templates.IMAGE_TOKEN: one per image in a prompt's ids
 MIN_BUCKET = 16
 MAX_EOS_IDS = 8  # EOS ids travel as a fixed-size array (padded with -1), so they never cause a recompile
 

@@ -1,6 +1,7 @@
-"""Prompts for generation: the tokenizer of a checkpoint, raw and vicuna_v1 prompt ids, image loading.
+"""Prompts for generation: the tokenizer of a checkpoint, raw and vicuna_v1 prompts as ids (JAX) or text
+(llama.cpp, which tokenizes with its own vocabulary), and the image file check.
 
-Prompt ids keep one IMAGE_TOKEN (-200) where the image goes; the engine widens it to the checkpoint's
+Prompt ids keep one IMAGE_TOKEN where the image goes; the engine widens it to the checkpoint's
 num_visual_tokens slots (as training does).
 """
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipelines.templates import IMAGE_PLACEHOLDER, Segment, generation_prompt, tokenize
+from data_pipelines.templates import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, Segment, generation_prompt, tokenize,
+                                     vicuna_v1_segments)
 from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.checkpoint import TOKENIZER_FILE
 
-TEMPLATES = ("raw", "vicuna_v1")
+PROMPT_TEMPLATES = ("raw", "vicuna_v1")  # training's "plain" is for captions, not prompts
 
 
 def find_tokenizer(ckpt: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Tokenizer:
@@ -34,10 +36,9 @@ def find_tokenizer(ckpt: str | os.PathLike, tokenizer: str | os.PathLike | None 
 def raw_prompt(tokenizer: Tokenizer, text: str, has_image: bool = False) -> np.ndarray:
     """BOS + text (no template), "<image>" in the text splices the image; with an image and no "<image>"
     in the text, the image comes first (the stage-1 `plain` layout: "<image>" + text)."""
-    if has_image and IMAGE_PLACEHOLDER not in text:
-        text = IMAGE_PLACEHOLDER + text
+    text = prompt_text([{"from": "human", "value": text}], "raw", has_image)
     ids = tokenize(tokenizer, [Segment(text, False)]).ids
-    count = int(np.sum(ids == -200))
+    count = int(np.sum(ids == IMAGE_TOKEN))
     if count != int(has_image):
         raise ValueError(f"the prompt holds {count} {IMAGE_PLACEHOLDER} marker(s) but {int(has_image)} image(s) were given")
     return ids
@@ -57,14 +58,22 @@ def build_prompt(tokenizer: Tokenizer, text: str, template: str, has_image: bool
         return raw_prompt(tokenizer, text, has_image)
     if template == "vicuna_v1":
         return chat_prompt(tokenizer, [{"from": "human", "value": text}], has_image)
-    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    raise ValueError(f"unknown template {template!r}; expected one of {PROMPT_TEMPLATES}")
 
 
-def load_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """An image file -> float32 [image_size, image_size, 3], padded to square as MobileVLM's released models
-    expect (image_aspect_ratio "pad"). FileNotFoundError / ValueError naming the file."""
-    from data_pipelines.images import preprocess_file
+def prompt_text(turns: Sequence[dict], template: str, has_image: bool) -> str:
+    """The prompt as text, "<image>" where the image goes: vicuna_v1 ending in "ASSISTANT:" (the image at the
+    front of the first human turn), or "raw": the last turn's text, the image first unless the text places it."""
+    if template == "vicuna_v1":
+        return "".join(s.text for s in vicuna_v1_segments(turns, has_image, generation_prompt=True))
+    if template != "raw":
+        raise ValueError(f"unknown template {template!r}; expected one of {PROMPT_TEMPLATES}")
+    text = turns[-1]["value"]
+    return text if not has_image or IMAGE_PLACEHOLDER in text else IMAGE_PLACEHOLDER + text
 
+
+def find_image(path: str | os.PathLike) -> Path:
+    """`path` as a Path; FileNotFoundError naming it when there is no such file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: image file not found")
-    return preprocess_file(path, image_size, pad=True)
+    return Path(path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from data_pipelines.templates import IMAGE_TOKEN
+
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -153,7 +155,6 @@ class VLMConfig:
     vision: VisionConfig
     projector: ProjectorConfig
     llm: LlamaConfig
-    image_token_id: int = -200  # id in prompts before the slot is widened; not an embedding row
 
     @property
     def num_visual_tokens(self) -> int:
@@ -220,6 +221,10 @@ PROJECTOR_PRESETS: dict[str, ProjectorConfig] = {
     "ldp_3_blocks": ProjectorConfig(type="ldp", block_strides=(1, 1, 1, 2)),  # [DW(s1) PW]x3 + [DW(s2) PW]
 }
 
+# Keys that older saved configs hold but are no longer fields, with the one value they ever had (dropped on
+# load; another value is an unknown key). image_token_id was never read: prompts use templates.IMAGE_TOKEN.
+_RETIRED = {("VLMConfig", "image_token_id"): IMAGE_TOKEN}
+_NO_VALUE = object()
 _NESTED = {"lora": LoraConfig, "vision": VisionConfig, "projector": ProjectorConfig, "llm": LlamaConfig}
 _KINDS = {"llm": LlamaConfig, "vision": VisionConfig, "projector": ProjectorConfig, "vlm": VLMConfig}
 
@@ -237,6 +242,7 @@ def to_dict(config: ModelConfig) -> dict[str, Any]:
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if _RETIRED.get((cls.__name__, k), _NO_VALUE) != v}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")

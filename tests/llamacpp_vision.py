@@ -1,4 +1,5 @@
-"""What the pinned llama.cpp computes from an mmproj we write, as a JAX model built from our own tower.
+"""What the pinned llama.cpp computes from an mmproj we write, as a JAX model built from our own tower
+(used by tests/test_llamacpp_parity.py only).
 
 llama.cpp's LLaVA graph (tools/mtmd/models/llava.cpp) appends the class token after the patches, adds
 position row i of the file to token i, runs the blocks and hands rows 1..n of the result to the projector.
