@@ -13,6 +13,14 @@ from typing import Sequence
 from data_pipelines.errors import EXIT_CODE
 
 
+def define_verbose_flag() -> None:
+    """The --verbose flag of an absl entry point (read as absl.flags.FLAGS.verbose); defined once per process."""
+    from absl import flags
+
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "show the libraries' INFO logs (orbax checkpointing, grain, jax)")
+
+
 def library_logs(verbose: bool = False) -> None:
     """Library logs at INFO with `verbose`, else at WARNING (warnings and errors still show). Under absl's
     app.run an explicit --verbosity wins."""

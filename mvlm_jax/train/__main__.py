@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines.errors import user_errors
-from mvlm_jax.console import library_logs, parse_flags
+from mvlm_jax.console import define_verbose_flag, library_logs, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file and argument: FILE.py:ARG",
                                           lock_config=True)
@@ -21,7 +21,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a manual multi-process run")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a manual multi-process run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a manual multi-process run")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "show the libraries' INFO logs (orbax checkpointing, grain, jax)")
+define_verbose_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -56,7 +56,7 @@ def _fill_embedded(config, workdir: str) -> None:
 @user_errors
 def main(argv) -> None:
     del argv
-    library_logs(_VERBOSE.value)
+    library_logs(flags.FLAGS.verbose)
     _initialize_distributed()
     from mvlm_jax.train import setup
     from mvlm_jax.train.loop import train  # after distributed init: importing models touches no backend
