@@ -21,8 +21,7 @@ TYPE    ?= q4_k_s
 
 # `make install` always reinstalls; the other targets only when the stamp is missing or stale.
 install:
-	@rm -f .venv/bin/mvlm
-	@$(MAKE) --no-print-directory .venv/bin/mvlm
+	@$(MAKE) --no-print-directory --always-make .venv/bin/mvlm
 
 .venv/bin/mvlm: setup.cfg pyproject.toml
 	python3 -m venv .venv

@@ -34,27 +34,31 @@ def library_logs(verbose: bool = False) -> None:
     logging.getLogger().setLevel(level)  # every other library's logger defers to the root's level
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
     """absl flags parser for app.run(main, flags_parser=parse_flags): a bad flag or --config override is
     one line and EXIT_CODE. ml_collections' config flags raise plain exceptions for an unknown override key
     (KeyError / AttributeError, with "Did you mean") or an experiment file that cannot be read (OSError),
-    which absl would show with a traceback; an experiment file's own bug keeps its traceback."""
+    which absl would show with a traceback; an experiment file's own bug keeps its traceback.
+    `flag_values`: absl's FlagValues (default: the global FLAGS)."""
     from absl import flags
 
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     try:
-        args = flags.FLAGS(argv)
-        for name in flags.FLAGS:  # a config file that failed to load raises its OSError on first access only
-            getattr(flags.FLAGS[name].value, "lock", None)
+        args = flag_values(argv)
+        for name in flag_values:  # a config file that failed to load raises its OSError on first access only
+            getattr(flag_values[name].value, "lock", None)
         return args
     except flags.Error as error:  # a ValueError in get_config arrives with its traceback as text: keep its last line
         message = str(error)
         if "Traceback (most recent call last)" in message:
             message = f"{message.split(': Error whilst parsing', 1)[0]}: {message.strip().splitlines()[-1]}"
     except (KeyError, AttributeError) as error:  # an override of a key the experiment's config lacks
-        while isinstance(error.__context__, (KeyError, AttributeError)):
+        texts = []  # ml_collections chains KeyError('key') -> KeyError("'key'\nDid you mean ...") -> AttributeError
+        while isinstance(error, (KeyError, AttributeError)):
+            texts.append(str(error.args[0] if error.args else error))
             error = error.__context__
-        key, _, hint = str(error.args[0] if error.args else error).partition("\n")
-        key = key.strip("'\"")
+        key = texts[-1].partition("\n")[0].strip("'\"")
+        hint = next((text.partition("\n")[2] for text in texts if "\n" in text), "")
         overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
         flag = next((arg for arg in overrides if f".{key}." in f"{arg}."), "a --config.KEY=VALUE override")
         message = f"{flag}: the experiment's config has no key {key!r}. {hint}".strip()
