@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any, Mapping
 
 import grain
 import numpy as np
 
+from data_pipelines.errors import BadInput
+from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
-from data_pipelines.token_source import TokenWindows
+from data_pipelines.token_source import SHARD_COMMAND, TokenWindows
 
 # Paper Table 12: RedPajama v1 sampling ratios (%), "the same as LLaMA". They sum to 100.7 (LLaMA's
 # CommonCrawl share is 67.0); weights are normalised when used.
@@ -37,14 +40,22 @@ class PretrainData:
     read: ReadOptions = ReadOptions()  # how it is read; not part of the order, free to change on resume
 
 
-def mixture(preset: str, shard_dirs: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
-    """(shard dir, weight) pairs of a named mixture; every part of the preset needs a directory."""
+def mixture(preset: str, shard_dirs: Mapping[str, str],
+            setting: str = "shard_dirs") -> tuple[tuple[str, float], ...]:
+    """(shard dir, weight) pairs of a named mixture; every part of the preset needs a directory of token
+    shards. `setting`: how the caller's user sets shard_dirs[SOURCE] (named in the error)."""
     if preset not in MIXTURE_PRESETS:
-        raise ValueError(f"unknown mixture {preset!r}; expected one of {sorted(MIXTURE_PRESETS)}")
+        raise BadInput(f"unknown mixture {preset!r}; expected one of {sorted(MIXTURE_PRESETS)}")
     weights = MIXTURE_PRESETS[preset]
-    missing = sorted(set(weights) - set(shard_dirs))
-    if missing:
-        raise ValueError(f"mixture {preset}: no shard directory for {missing}")
+    unset = [name for name in weights if not shard_dirs.get(name)]
+    unsharded = [f"{name} ({shard_dirs[name]})" for name in weights
+                 if name not in unset and not (Path(shard_dirs[name]) / INDEX_FILE).is_file()]
+    if unset or unsharded:
+        found = "; ".join(part for part in (f"no shard directory for {', '.join(unset)}" if unset else "",
+                                           f"no {INDEX_FILE} in {', '.join(unsharded)}" if unsharded else "") if part)
+        raise BadInput(f"mixture {preset} reads token shards of each of its sources ({', '.join(weights)}): {found}. "
+                       f"Set {setting}.SOURCE=DIR for each, DIR written from that source's documents by "
+                       f"`{SHARD_COMMAND.format(out='DIR')}`")
     return tuple((shard_dirs[name], weight) for name, weight in weights.items())
 
 

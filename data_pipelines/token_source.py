@@ -12,20 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.errors import BadInput, MissingInput
 from data_pipelines.shards import FORMAT, INDEX_FILE
+
+SHARD_COMMAND = "mvlm data shard --tokenizer TOKENIZER.model --input 'FILES.jsonl' --out {out}"
 
 
 def read_index(shard_dir: str | os.PathLike) -> dict:
     if "://" in os.fspath(shard_dir):  # Path() would fold gs://b into gs:/b and report the index missing
-        raise ValueError(f"{os.fspath(shard_dir)}: token shards are memory-mapped, so they must be on a local or "
+        raise BadInput(f"{os.fspath(shard_dir)}: token shards are memory-mapped, so they must be on a local or "
                          "mounted file system: mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://) and "
                          "pass the mount path")
+    if not os.fspath(shard_dir):
+        raise BadInput("no token-shard directory given (an empty path); write the shards with "
+                       f"`{SHARD_COMMAND.format(out='DIR')}` and pass DIR")
     path = Path(shard_dir) / INDEX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; write the shards with `mvlm data shard` first")
+        raise MissingInput(f"{shard_dir}: no token shards there ({INDEX_FILE} missing); write them with "
+                           f"`{SHARD_COMMAND.format(out=shard_dir)}`")
     index = json.loads(path.read_text())
     if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+        raise BadInput(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}; write the shards again with "
+                       f"`{SHARD_COMMAND.format(out=shard_dir)}`")
     return index
 
 

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import type_handlers
 
+from data_pipelines.errors import BadInput, MissingInput
 from mvlm_jax.atomic import atomic_directory
 from mvlm_jax.models.config import ModelConfig, from_dict, to_dict
 from mvlm_jax.paths import as_path, probe
@@ -25,6 +26,8 @@ from mvlm_jax.paths import as_path, probe
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_FILE = "tokenizer.model"
+MAKE_ONE = ("a model checkpoint is the WORKDIR/model directory a finished training run writes (`make pretrain`, "
+            "`python -m mvlm_jax.train`), or the --out of `mvlm convert import`")
 
 
 def _checkpointer(restore_gb: int = 1) -> ocp.Checkpointer:
@@ -68,18 +71,18 @@ def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, f
 def load_config(directory: str | os.PathLike) -> ModelConfig:
     path = as_path(directory, "model checkpoint") / CONFIG_FILE
     if not probe(path):
-        raise FileNotFoundError(f"{path}: missing; {directory} is not a model checkpoint")
+        raise MissingInput(f"{directory}: not a model checkpoint ({CONFIG_FILE} missing); {MAKE_ONE}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
     return from_dict(data, where=str(path))
 
 
 def _params_path(directory: str | os.PathLike) -> epath.Path:
     path = as_path(directory, "model checkpoint") / PARAMS_DIR
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: missing parameter checkpoint")
+        raise MissingInput(f"{path}: missing parameter checkpoint; {MAKE_ONE}")
     return path
 
 

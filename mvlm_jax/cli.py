@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from data_pipelines.errors import user_errors
+
 # subcommand -> (module whose main(argv) runs it, or "module:function", help)
 COMMANDS = {
     "generate": ("mvlm_jax.generate.cli:generate_main", "continue a prompt (text, or image + text) from a checkpoint"),
@@ -53,6 +55,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@user_errors  # every subcommand's UserError: one `error: ...` line, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

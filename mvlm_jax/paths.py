@@ -16,6 +16,8 @@ from typing import Iterator
 
 from etils import epath
 
+from data_pipelines.errors import BadInput
+
 OBJECT_STORES = ("gs",)
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 MOUNT_HINT = ("mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://) and pass the mount path, "
@@ -39,7 +41,7 @@ def as_path(value: str | os.PathLike, what: str = "path") -> epath.Path:
     if kind is None:
         return epath.Path(value).expanduser().absolute()
     if kind not in OBJECT_STORES:
-        raise ValueError(f"{what} {os.fspath(value)}: {kind}:// is not supported for run directories and "
+        raise BadInput(f"{what} {os.fspath(value)}: {kind}:// is not supported for run directories and "
                          "checkpoints (orbax-checkpoint writes arrays to an object store through tensorstore's gcs "
                          "driver only); use gs:// or a local or shared file system")
     return epath.Path(os.fspath(value))
@@ -49,7 +51,7 @@ def require_local(value: str | os.PathLike, what: str) -> None:
     """Refuse a URL where the data is memory-mapped or opened as a local file (token shards, images,
     tokenizers, conversation files): those are read through the operating system, not an object store."""
     if is_url(value):
-        raise ValueError(f"{what} {os.fspath(value)} is an object-store URL, but this data is memory-mapped or "
+        raise BadInput(f"{what} {os.fspath(value)} is an object-store URL, but this data is memory-mapped or "
                          f"read as local files: {MOUNT_HINT}")
 
 

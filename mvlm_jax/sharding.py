@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 
+from data_pipelines.errors import BadInput
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or axes, or None = replicated). Parameters: rows 1-9; activations: rows 10-14.
@@ -43,16 +45,20 @@ class MeshConfig:
     tensor: int = 1
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) sizes on `num_devices` devices; an impossible shape is a BadInput naming
+        config.mesh."""
         sizes = [self.data, self.fsdp, self.tensor]
+        asked = dataclasses.asdict(self)
+        fix = "set config.mesh (--config.mesh.AXIS=N; one axis -1 takes the remaining devices)"
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-            raise ValueError(f"mesh {dataclasses.asdict(self)}: sizes must be positive, at most one -1")
+            raise BadInput(f"mesh {asked}: sizes must be positive, at most one -1; {fix}")
         known = math.prod(s for s in sizes if s != -1)
         if num_devices % known:
-            raise ValueError(f"mesh {dataclasses.asdict(self)} does not divide the {num_devices} devices")
+            raise BadInput(f"mesh {asked} does not divide the {num_devices} devices present; {fix}")
         sizes = [num_devices // known if s == -1 else s for s in sizes]
         if math.prod(sizes) != num_devices:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, "
-                             f"but {num_devices} are present")
+            raise BadInput(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, "
+                           f"but {num_devices} are present; {fix}")
         return tuple(sizes)
 
 

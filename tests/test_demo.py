@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from console_checks import assert_quiet
+
 
 def run_demo(workdir):
     return subprocess.run([sys.executable, "-m", "mvlm_jax.demo", "--workdir", str(workdir), "--steps", "2",
@@ -20,6 +22,7 @@ def losses(workdir):
 def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
     first = run_demo(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert_quiet(first.stdout + first.stderr)  # no orbax INFO lines from the stages' checkpoints
     for stage in ("pretrain", "sft", "vlm1", "vlm2"):
         assert (tmp_path / stage / "model" / "model_config.json").is_file()
         assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from console_checks import ABSL_INFO, assert_quiet, assert_user_error
 from mvlm_jax.checkpoint import load_model
 from mvlm_jax.train.loop import TrainingError, train
 from mvlm_jax.train.run import validate
@@ -23,6 +24,10 @@ def run(experiment, workdir, data_root, *overrides):
                            "--workdir", str(workdir), f"--config.data.embedded.root={data_root}", *overrides],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-3000:]
+    if "--verbose" in overrides:  # the libraries' INFO logs (orbax saving checkpoints) only when asked for
+        assert any("checkpoint" in line for line in ABSL_INFO.findall(done.stderr)), done.stderr[-3000:]
+    else:
+        assert_quiet(done.stdout + done.stderr)
     return done.stdout
 
 
@@ -65,7 +70,7 @@ def test_lora_stage_trains_adapters_and_projector(sft_model):
     np.testing.assert_array_equal(frozen_kernel, sft["layers"]["attn"]["q_proj"]["kernel"])  # base stays frozen
     # A LoRA model (adapters included) continues as init_from of the next run.
     run("vlm.py:size=tiny,stage=lora", root / "lora2", root / "data", "--config.train.total_steps=1",
-        "--config.eval.every=0", f"--config.init_from=('={root / 'lora' / 'model'}',)")
+        "--config.eval.every=0", "--verbose", f"--config.init_from=('={root / 'lora' / 'model'}',)")
 
 
 def test_init_from_a_mismatched_checkpoint_is_refused(sft_model, tmp_path):
@@ -94,7 +99,7 @@ def test_configuration_errors_before_anything_compiles(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mvlm_jax.train", "--config",
                            f"{ROOT / 'experiments' / 'pretrain.py'}:tiny", "--workdir", str(tmp_path),
                            "--config.train.totl_steps=3"], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "totl_steps" in done.stderr
+    assert_user_error(done.returncode, done.stderr, "totl_steps")
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -1,6 +1,6 @@
 """`make demo`: the whole job on the embedded default data, on this CPU.
 
-  python -m mvlm_jax.demo --workdir runs/demo [--steps N] [--questions N] [--data demo|small|tiny]
+  python -m mvlm_jax.demo --workdir runs/demo [--steps N] [--questions N] [--data demo|small|tiny] [--verbose]
 
 Steps, each skipped when its output is complete (so a second run reuses everything that is done, and an
 interrupted training stage resumes from its last checkpoint):
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from data_pipelines.errors import user_errors
+from mvlm_jax.console import library_logs
 from mvlm_jax.demo import evaluate, report
 
 STAGES: list[tuple[str, str, tuple[str, ...]]] = [
@@ -42,7 +44,7 @@ def _log(message: str) -> None:
 
 
 def train_stage(workdir: Path, name: str, experiment: str, init_from: Sequence[str], data: Path, data_size: str,
-                steps: int | None) -> float:
+                steps: int | None, verbose: bool = False) -> float:
     """Run one stage (or reuse it); returns the seconds spent now."""
     stage_dir = workdir / name
     if (stage_dir / "model").is_dir():
@@ -53,6 +55,8 @@ def train_stage(workdir: Path, name: str, experiment: str, init_from: Sequence[s
                f"--config.data.embedded.root={data}", f"--config.data.embedded.size={data_size}"]
     if sources:
         command.append(f"--config.init_from={sources!r}")
+    if verbose:
+        command.append("--verbose")
     if steps:
         command += [f"--config.total_steps={steps}", f"--config.checkpoint_every={max(1, steps)}"]
     _log(f"{name}: {' '.join(command[1:])}")
@@ -65,6 +69,7 @@ def train_stage(workdir: Path, name: str, experiment: str, init_from: Sequence[s
     return time.perf_counter() - started
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mvlm_jax.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=300, help="held-out image questions to answer in JAX")
     parser.add_argument("--llamacpp-questions", type=int, default=60, help="of those, answered by llama.cpp too")
     parser.add_argument("--data", default="demo", choices=("demo", "small", "tiny"), help="embedded dataset size")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' INFO logs (orbax, jax)")
     args = parser.parse_args(argv)
+    library_logs(args.verbose)
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "data"
@@ -85,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare(data, args.data, vocab_size=512, image_size=336)
     seconds = {"data": time.perf_counter() - started}
     for name, experiment, init_from in STAGES:
-        seconds[name] = train_stage(workdir, name, experiment, init_from, data, args.data, args.steps)
+        seconds[name] = train_stage(workdir, name, experiment, init_from, data, args.data, args.steps, args.verbose)
 
     model_dir = workdir / "vlm2" / "model"
     evaluate.forget_stale_outputs(workdir, model_dir, args)

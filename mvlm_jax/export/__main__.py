@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from mvlm_jax.checkpoint import load_config
 from mvlm_jax.export.gguf_file import export_gguf
 from mvlm_jax.export.gguf_io import FILE_TYPES
 from mvlm_jax.export.mmproj_gguf import CLS_MODES
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_config(args.ckpt)  # a checkpoint at all? (said before anything about its tokenizer)
         written = export_gguf(args.ckpt, args.out, args.type, tokenizer=args.tokenizer, name=args.name,
                               cls=args.cls, force=args.force, mmproj_only=args.mmproj_only)
     except (ValueError, OSError, RuntimeError) as error:

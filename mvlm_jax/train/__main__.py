@@ -1,4 +1,7 @@
-"""python -m mvlm_jax.train --config experiments/pretrain.py:tiny --workdir DIR [--config.a.b=value ...]
+"""python -m mvlm_jax.train --config experiments/pretrain.py:tiny --workdir DIR [--config.a.b=value ...] [--verbose]
+
+Library logs (orbax, grain, jax) show their warnings and errors; --verbose shows their INFO lines too.
+Bad input (missing data or checkpoint, a bad flag, an impossible mesh) is one `error: ...` line, exit 2.
 
 Multi-host: on SLURM, TPU VMs and Kubernetes `jax.distributed.initialize()` finds its peers by itself
 (--distributed); elsewhere pass --coordinator HOST:PORT --num_processes N --process_id I.
@@ -8,6 +11,9 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from data_pipelines.errors import user_errors
+from mvlm_jax.console import define_verbose_flag, library_logs, parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file and argument: FILE.py:ARG",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics.jsonl, tensorboard/)")
@@ -15,6 +21,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a manual multi-process run")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a manual multi-process run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a manual multi-process run")
+define_verbose_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,8 +53,10 @@ def _fill_embedded(config, workdir: str) -> None:
         config.data.image_root = paths["images"]
 
 
+@user_errors
 def main(argv) -> None:
     del argv
+    library_logs(flags.FLAGS.verbose)
     _initialize_distributed()
     from mvlm_jax.train import setup
     from mvlm_jax.train.loop import train  # after distributed init: importing models touches no backend
@@ -61,4 +70,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -17,12 +17,15 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from data_pipelines.errors import BadInput, user_errors
+from mvlm_jax.console import define_verbose_flag, library_logs, parse_flags
 from mvlm_jax.train.roofline import CHIPS, Chip, roofline, whole_step_cost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file and argument", lock_config=True)
 _MESH = flags.DEFINE_string("mesh", None, "data=N,fsdp=N,tensor=N (overrides config.mesh; -1 allowed)")
 _DEVICES = flags.DEFINE_integer("devices", None, "CPU stand-in: device count (default: the mesh's product)")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice CHIP:SHAPE, e.g. v5p:4x4x4 (compiled with libtpu)")
+define_verbose_flag()
 flags.mark_flags_as_required(["config"])
 
 GIB = 1 << 30
@@ -32,35 +35,38 @@ LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "T
 _OUT_OF_MEMORY = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
 
 
-def _mesh_override(text: str | None) -> dict[str, int]:
+def _mesh_override(text: str | None, axes: tuple[str, ...]) -> dict[str, int]:
     if not text:
         return {}
     try:
         pairs = [part.split("=") for part in text.split(",")]
-        return {key.strip(): int(value) for key, value in pairs}
+        sizes = {key.strip(): int(value) for key, value in pairs}
     except ValueError as error:
-        raise ValueError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N") from error
+        raise BadInput(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N") from error
+    if not set(sizes) <= set(axes):
+        raise BadInput(f"--mesh {text!r}: unknown axis {sorted(set(sizes) - set(axes))}; the axes are {axes}")
+    return sizes
 
 
 def tpu_devices(topology: str) -> tuple[list, Chip]:
     """The devices of a TPU slice named CHIP:SHAPE, from libtpu (no TPU needed), and the chip's figures."""
     chip, _, shape = topology.partition(":")
     if chip not in CHIPS or not re.fullmatch(r"\d+(x\d+){1,2}", shape):
-        raise ValueError(f"--topology {topology!r}: expected CHIP:SHAPE with CHIP one of {sorted(CHIPS)} and SHAPE "
+        raise BadInput(f"--topology {topology!r}: expected CHIP:SHAPE with CHIP one of {sorted(CHIPS)} and SHAPE "
                          "like 4x4 or 4x4x4 (e.g. v5e:4x4, v5p:4x4x4)")
     for key, value in LIBTPU_ENV.items():
         os.environ.setdefault(key, value)
     try:
         import libtpu  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"--topology {topology}: libtpu is not installed (`make install` installs it on Linux "
+        raise BadInput(f"--topology {topology}: libtpu is not installed (`make install` installs it on Linux "
                          "x86_64; elsewhere pip install 'libtpu==0.0.42.*')") from error
     from jax.experimental import topologies
 
     try:
         return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices), CHIPS[chip]
     except Exception as error:  # noqa: BLE001 - libtpu's own message says what it could not parse
-        raise ValueError(f"--topology {topology!r}: libtpu does not know this slice ({error})") from error
+        raise BadInput(f"--topology {topology!r}: libtpu does not know this slice ({error})") from error
 
 
 def shard_bytes(abstract_tree) -> int:
@@ -194,11 +200,13 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+@user_errors
 def main(argv) -> None:
     del argv
+    library_logs(flags.FLAGS.verbose)
     config = _CONFIG.value
     with config.unlocked():
-        config.mesh.update(_mesh_override(_MESH.value))
+        config.mesh.update(_mesh_override(_MESH.value, tuple(config.mesh)))
     chip = None
     if _TOPOLOGY.value:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devices come from libtpu
@@ -214,4 +222,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from data_pipelines.errors import BadInput
 from mvlm_jax import sharding
 from mvlm_jax.models import build_model, example_inputs
 from mvlm_jax.models.config import ModelConfig, VLMConfig
@@ -25,11 +26,11 @@ def validate(config: ml_collections.ConfigDict, devices: int) -> None:
     mesh_shape = setup.mesh_config(config).resolve(devices)
     batch_shards = mesh_shape[0] * mesh_shape[1]
     if config.train.batch_size % config.train.accumulation_steps:
-        raise ValueError(f"config.train.batch_size {config.train.batch_size} is not a multiple of "
+        raise BadInput(f"config.train.batch_size {config.train.batch_size} is not a multiple of "
                          f"accumulation_steps {config.train.accumulation_steps}")
     micro_batch = config.train.batch_size // config.train.accumulation_steps
     if micro_batch % batch_shards:
-        raise ValueError(f"micro-batch {micro_batch} does not divide over the mesh's data x fsdp = {batch_shards} "
+        raise BadInput(f"micro-batch {micro_batch} does not divide over the mesh's data x fsdp = {batch_shards} "
                          "devices; change config.train.batch_size or config.mesh")
 
 

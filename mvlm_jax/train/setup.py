@@ -14,6 +14,7 @@ from etils import epath
 
 from data_pipelines.conversations import (CachedExamples, ConversationData, Examples, PackedRows, build_conversation_dataset,
                                           prepare_examples)
+from data_pipelines.errors import BadInput
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
 from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
@@ -32,7 +33,7 @@ from mvlm_jax.train.validation import WindowRows, conversation_rows, fixed_batch
 
 def _preset(presets: dict, name: str, what: str):
     if name not in presets:
-        raise ValueError(f"config.model.{what}: unknown preset {name!r}; expected one of {sorted(presets)}")
+        raise BadInput(f"config.model.{what}: unknown preset {name!r}; expected one of {sorted(presets)}")
     return presets[name]
 
 
@@ -79,7 +80,7 @@ def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_i
         if data.mixture:
             if data.mixture not in MIXTURE_PRESETS:
                 raise ValueError(f"config.data.mixture: unknown {data.mixture!r}; expected one of {sorted(MIXTURE_PRESETS)}")
-            sources = mixture(data.mixture, dict(data.mixture_dirs))
+            sources = mixture(data.mixture, dict(data.mixture_dirs), "--config.data.mixture_dirs")
         else:
             sources = tuple((directory, 1.0) for directory in data.shards)
         return build_pretrain_dataset(PretrainData(
