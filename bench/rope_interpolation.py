@@ -54,7 +54,7 @@ def _pretrain_config(length: int, steps: int, data: Path, paths: dict[str, str])
 
 def _train(config: Any, workdir: Path) -> float:
     """Run (or reuse) one training; returns the seconds spent now."""
-    from mvlm_jax.train.loop import train
+    from mvlm_jax.train.entry import train
 
     if (workdir / "model").is_dir():
         return 0.0
