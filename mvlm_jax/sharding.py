@@ -120,7 +120,11 @@ def abstract_sharded(init_fn: Callable[[jax.Array], Any], mesh: Mesh,
     """(unboxed ShapeDtypeStructs, NamedShardings) of the parameters `init_fn(rng)` would create (boxed
     params), without computing them: eval_shape, shardings from the table."""
     boxed = jax.eval_shape(init_fn, jax.random.key(0))
-    return nn.unbox(boxed), mesh_shardings(logical_specs(boxed), mesh, rules)
+    # Unboxed without the logical constraint nn.unbox applies, which fails on ShapeDtypeStructs when called
+    # inside activate().
+    unboxed = jax.tree.map(lambda leaf: leaf.unbox(apply_constraint=False) if isinstance(leaf, nn.meta.AxisMetadata)
+                           else leaf, boxed, is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata))
+    return unboxed, mesh_shardings(logical_specs(boxed), mesh, rules)
 
 
 def sharded_init(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rules: Sequence = LOGICAL_RULES,
