@@ -11,7 +11,7 @@ Data: the embedded corpus (demo split: train shards for both trainings, the val 
 Model: the demo MobileLLaMA (4 layers, width 128). Pretraining is experiments/pretrain.py:demo with rows of
 L tokens and --steps steps; the fine-tune is mvlm_jax.train.recipes.long_context applied to that
 pretraining config (rows of 4L, the same tokens per step, a third of the steps and of the peak learning
-rate, init_from the pretrained model). Both run through the trainer (mvlm_jax.train.loop.train).
+rate, init_from the pretrained model). Both run through the trainer (mvlm_jax.train.entry.train).
 
   python -m bench.rope_interpolation [--length 128] [--steps 300] [--workdir runs/bench-rope]
 
@@ -57,7 +57,7 @@ def _pretrain_config(length: int, steps: int, data: Path, paths: dict[str, str])
 
 def _train(config: Any, workdir: Path) -> float | None:
     """Run (or reuse) one training; returns the seconds spent now, None when an earlier run's model is reused."""
-    from mvlm_jax.train.loop import train
+    from mvlm_jax.train.entry import train
 
     if (workdir / "model").is_dir():
         return None

@@ -1,14 +1,15 @@
 """Device mesh and the one table that maps logical axis names to mesh axes.
 
 Models name every parameter axis and constrain activations at block boundaries with logical names;
-this table decides the parallelism. Changing it (or the mesh shape) is a config change, not a model change.
+this table decides the parallelism. `LOGICAL_RULES` is the default of `config.mesh.rules`: an experiment
+changes a rule (or the mesh shape) in its config, not in a model.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,8 @@ from data_pipelines.errors import BadInput
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical name -> mesh axis (or axes, or None = replicated). Parameters: rows 1-9; activations: rows 10-14.
+# logical name -> mesh axis (or axes, or None = replicated): 8 names of parameter axes, then 5 of activations.
+# When two axes of one array map to the same mesh axis, the earlier rule gets it (flax's priority order).
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "tensor"),        # embedding rows and LM-head columns
     ("embed", "fsdp"),          # model width of every weight matrix: ZeRO-3 style sharding
@@ -36,25 +38,52 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+Rules = tuple[tuple[str, Any], ...]
+
+
+def rules_from_config(table: Mapping[str, Any], where: str = "config.mesh.rules") -> Rules:
+    """`config.mesh.rules` ({logical name: tuple of mesh axes, () = replicated}) as a flax rules table: a
+    one-axis tuple becomes that axis, () becomes None. Names keep LOGICAL_RULES' order (a ConfigDict sorts
+    its keys), names it lacks follow in sorted order. A mesh axis other than data / fsdp / tensor is an error."""
+    order = [name for name, _ in LOGICAL_RULES if name in table] + sorted(set(table) - dict(LOGICAL_RULES).keys())
+    rules = []
+    for name in order:
+        axes = table[name]
+        axes = tuple(axes) if isinstance(axes, (tuple, list)) else (() if axes is None else (axes,))
+        unknown = [axis for axis in axes if axis not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"{where}.{name}: {table[name]!r} names no mesh axis {unknown}; expected a tuple of "
+                             f"{MESH_AXES} (() = replicated)")
+        rules.append((name, None if not axes else axes[0] if len(axes) == 1 else axes))
+    return tuple(rules)
+
+
+def rules_as_config(rules: Rules = LOGICAL_RULES) -> dict[str, tuple[str, ...]]:
+    """A rules table as the value of `config.mesh.rules`: every value a tuple (one type per key, so that a
+    command-line override such as --config.mesh.rules.embed="('fsdp','tensor')" type-checks)."""
+    return {name: () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes) for name, axes in rules}
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh shape; one axis may be -1 to take the remaining devices."""
+    """Mesh shape (one axis may be -1 to take the remaining devices) and the logical-axis rules."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    rules: Rules = LOGICAL_RULES
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """(data, fsdp, tensor) sizes on `num_devices` devices; an impossible shape is a BadInput naming
         config.mesh."""
         sizes = [self.data, self.fsdp, self.tensor]
-        asked = dataclasses.asdict(self)
+        shape = dict(zip(MESH_AXES, sizes))
         fix = "set config.mesh (--config.mesh.AXIS=N; one axis -1 takes the remaining devices)"
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-            raise BadInput(f"mesh {asked}: sizes must be positive, at most one -1; {fix}")
+            raise BadInput(f"mesh {shape}: sizes must be positive, at most one -1; {fix}")
         known = math.prod(s for s in sizes if s != -1)
         if num_devices % known:
-            raise BadInput(f"mesh {asked} does not divide the {num_devices} devices present; {fix}")
+            raise BadInput(f"mesh {shape} does not divide the {num_devices} devices present; {fix}")
         sizes = [num_devices // known if s == -1 else s for s in sizes]
         if math.prod(sizes) != num_devices:
             raise BadInput(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, "
@@ -91,14 +120,34 @@ def activate(mesh: Mesh, rules: Sequence = LOGICAL_RULES) -> Iterator[None]:
         yield
 
 
-def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh,
-                 rules: Sequence = LOGICAL_RULES) -> tuple[Any, Any]:
-    """Create parameters already sharded: eval_shape, shardings from the table, jitted init with
-    those out_shardings. `init_fn(rng)` returns boxed params. Returns (unboxed params, shardings)."""
-    shardings = mesh_shardings(logical_specs(jax.eval_shape(init_fn, rng)), mesh, rules)
+def abstract_sharded(init_fn: Callable[[jax.Array], Any], mesh: Mesh,
+                     rules: Sequence = LOGICAL_RULES) -> tuple[Any, Any]:
+    """(unboxed ShapeDtypeStructs, NamedShardings) of the parameters `init_fn(rng)` would create (boxed
+    params), without computing them: eval_shape, shardings from the table."""
+    boxed = jax.eval_shape(init_fn, jax.random.key(0))
+    # Unboxed without the logical constraint nn.unbox applies, which fails on ShapeDtypeStructs when called
+    # inside activate().
+    unboxed = jax.tree.map(lambda leaf: leaf.unbox(apply_constraint=False) if isinstance(leaf, nn.meta.AxisMetadata)
+                           else leaf, boxed, is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata))
+    return unboxed, mesh_shardings(logical_specs(boxed), mesh, rules)
+
+
+def sharded_init(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rules: Sequence = LOGICAL_RULES,
+                 select: Callable[[Any], Any] = lambda tree: tree) -> tuple[Any, Any]:
+    """(jit(rng -> select(unboxed init_fn(rng))), its out_shardings from the table); call or lower it inside
+    activate(mesh, rules). `init_fn(rng)` returns boxed params; `select(tree)` picks the sub-tree to create
+    (XLA drops the generators of the rest)."""
+    shardings = select(abstract_sharded(init_fn, mesh, rules)[1])
+    return jax.jit(lambda key: select(nn.unbox(init_fn(key))), out_shardings=shardings), shardings
+
+
+def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, rules: Sequence = LOGICAL_RULES,
+                 select: Callable[[Any], Any] = lambda tree: tree) -> tuple[Any, Any]:
+    """Create parameters already sharded: eval_shape, shardings from the table, jitted init with those
+    out_shardings (sharded_init). Returns (unboxed params, their shardings)."""
+    init, shardings = sharded_init(init_fn, mesh, rules, select)
     with activate(mesh, rules):
-        params = jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=shardings)(rng)
-    return params, shardings
+        return init(rng), shardings
 
 
 def path_of(key_path) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from data_pipelines.embedded.prepare import prepare
 from mvlm_jax.eval import cli as eval_cli, records
-from mvlm_jax.train.loop import train
+from mvlm_jax.train.entry import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import vlm  # noqa: E402

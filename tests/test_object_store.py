@@ -171,11 +171,12 @@ def test_init_from_a_gs_model_checkpoint(runs, local_model):
     from mvlm_jax.checkpoint import load_model
     from mvlm_jax.train.initial import initial_state
     from mvlm_jax.train.partition import merge
+    from mvlm_jax.train.experiment import parse
     from mvlm_jax.train.run import build_run
 
     config = pretrain.get_config("tiny")
     config.init_from = (f"=gs://{BUCKET}/run/model",)
-    run = build_run(config)
+    run = build_run(parse(config))
     state = initial_state(config.init_from, run, jax.random.key(0))
     params = merge(state["trainable"], state["frozen"])
     saved, _ = load_model(local_model)
@@ -236,7 +237,7 @@ def test_object_store_data_paths_ask_for_a_mount(tmp_path):
 
     from data_pipelines.token_source import read_index
     from mvlm_jax.paths import as_path
-    from mvlm_jax.train.loop import train as train_in_process
+    from mvlm_jax.train.entry import train as train_in_process
 
     config = pretrain.get_config("tiny")
     config.data.embedded.enabled = False

@@ -17,7 +17,8 @@ from experiments import vlm as vlm_experiment
 from mvlm_jax.models import build_model, init_params
 from mvlm_jax.train import setup
 from mvlm_jax.train.optimizer import schedule
-from mvlm_jax.train.step import make_loss_sum
+from mvlm_jax.train.experiment import model_config as parse_model, parse
+from mvlm_jax.train.losses import batch_forward, next_token_loss
 
 
 def random_samples(count=3000, seed=0):
@@ -58,7 +59,7 @@ def tiny_vlm(tmp_path_factory):
     paths = prepare(root, "tiny", 512, 64)
     config = vlm_experiment.get_config("size=tiny,stage=2")
     config.data.update(tokenizer=paths["tokenizer"], files=(paths["llava_instruct"],), image_root=paths["images"])
-    model_config = setup.model_config(config.model)
+    model_config = parse_model(config.model)
     data = setup.conversation_data(config, model_config, tuple(config.data.files))
     data = dataclasses.replace(data, seq_len=1024, images_per_row=3, packer="best_fit")
     return config, model_config, data, prepare_examples(data, Tokenizer(data.tokenizer))
@@ -82,10 +83,10 @@ def test_packed_image_text_batch_gives_the_loss_and_gradients_of_the_same_sample
     unpacked = stack([single_rows[position[int(i)]] for i in members])
 
     model, params = build_model(model_config), init_params(model_config, jax.random.key(0))
-    loss_sum = make_loss_sum(model)
+    loss_sum = next_token_loss(batch_forward(model, model_config))
 
-    def mean_loss(trainable, batch):
-        total, count = loss_sum(trainable, {}, batch, jax.random.key(0))
+    def mean_loss(params, batch):
+        total, count = loss_sum(params, batch, jax.random.key(0))
         return total / count
 
     grad_fn = jax.jit(jax.value_and_grad(mean_loss))
@@ -114,7 +115,7 @@ def test_epochs_set_total_steps_from_the_packed_rows_and_a_changed_dataset_is_re
     assert plan["total_steps"] == both // 4 and plan["rows"] == both
     assert 0 < plan["epoch_0"]["real_share"] <= 1
     assert "epoch plan: 2 epoch(s)" in capsys.readouterr().out
-    optim = setup.optim_config(config)  # the warmup follows the counted steps
+    optim = parse(config, model_config).optim  # the warmup follows the counted steps
     lr = schedule(optim)
     warmup = int(np.ceil(0.1 * config.train.total_steps))
     assert float(lr(warmup)) == pytest.approx(config.optim.learning_rate)

@@ -32,15 +32,16 @@ def test_the_1_4b_step_compiles_from_abstract_inputs_on_8_devices():
 def test_gradient_accumulation_keeps_each_device_on_its_own_rows():
     """Pure data parallelism with 2 micro-batches: the compiled step moves no inputs between devices
     (only the gradient all-reduce), because micro-batches are strided, not contiguous."""
-    from mvlm_jax import sharding
+    from mvlm_jax.train.experiment import parse
     from mvlm_jax.train.run import abstract_batch, build_run
     config = pretrain.get_config("tiny")
     config.train.update(batch_size=8, accumulation_steps=2)
     with config.unlocked():
         config.mesh.update(data=4, fsdp=1, tensor=1)
-    run = build_run(config, jax.devices()[:4])
-    with sharding.activate(run.mesh):
-        hlo = run.step.lower(run.abstract_state, abstract_batch(config, run)).compile().as_text()
+    experiment = parse(config)
+    run = build_run(experiment, jax.devices()[:4])
+    with run.activate():
+        hlo = run.step.lower(run.abstract_state, abstract_batch(experiment, run)).compile().as_text()
     assert "all-reduce" in hlo
     assert "all-gather" not in hlo and "collective-permute" not in hlo
     # The trainer's CPU compiler options reach the compile: XLA's own dots, no YNNPACK fusions.

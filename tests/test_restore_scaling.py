@@ -17,8 +17,9 @@ from mvlm_jax.train.checkpoints import TrainCheckpoints
 from mvlm_jax.train.frozen_copy import FrozenCopyError
 from mvlm_jax.train.hooks import Hook
 from mvlm_jax.train.initial import initial_params, initial_state, random_init_fn
-from mvlm_jax.train.loop import train
+from mvlm_jax.train.entry import train
 from mvlm_jax.train.partition import merge
+from mvlm_jax.train.experiment import parse
 from mvlm_jax.train.run import build_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def no_random_init(keep):
 def test_init_from_restores_into_the_target_shardings(tmp_path):
     config = pretrain.get_config("tiny")
     config.mesh.update(data=1, fsdp=4, tensor=2)
-    run = build_run(config)
+    run = build_run(parse(config))
     abstract = abstract_params(run)
     source = random_source(tmp_path / "src", abstract, run.model_config)
 
@@ -64,7 +65,7 @@ def test_init_from_restores_into_the_target_shardings(tmp_path):
 def test_random_init_covers_only_what_no_source_holds(tmp_path):
     config = vlm.get_config("size=tiny,stage=1")
     config.mesh.update(data=2, fsdp=2, tensor=2)
-    run = build_run(config)
+    run = build_run(parse(config))
     abstract = abstract_params(run)
     llm = random_source(tmp_path / "llm", abstract["llm"], run.model_config.llm)
     bad = dict(abstract["llm"], lm_head={"kernel": jax.ShapeDtypeStruct((3, 5), np.float32)})
@@ -75,7 +76,7 @@ def test_random_init_covers_only_what_no_source_holds(tmp_path):
     def random_init(keep):
         asked.append(keep)
         with sharding.activate(run.mesh):
-            return random_init_fn(run.model, run.model_config, run.param_shardings, keep)(jax.random.key(0))
+            return random_init_fn(run, keep)(jax.random.key(0))
 
     params = initial_params((f"llm={tmp_path / 'llm'}",), abstract, random_init)
     (keep,) = asked
@@ -88,8 +89,8 @@ def test_random_init_covers_only_what_no_source_holds(tmp_path):
     # The drawn parts are those of a full initialisation, but the compiled program computes them only:
     # its outputs are the uncovered bytes, and its scratch space holds less than the covered LLM.
     with sharding.activate(run.mesh):
-        full = random_init_fn(run.model, run.model_config, run.param_shardings, lambda p: True)(jax.random.key(0))
-        memory = random_init_fn(run.model, run.model_config, run.param_shardings, keep).lower(
+        full = random_init_fn(run, lambda p: True)(jax.random.key(0))
+        memory = random_init_fn(run, keep).lower(
             jax.random.key(0)).compile().memory_analysis()
     for part in ("vision", "projector"):
         for a, b in zip(jax.tree.leaves(params[part]), jax.tree.leaves(full[part])):

@@ -23,7 +23,7 @@ from test_generate import greedy_without_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import pretrain  # noqa: E402
-from mvlm_jax.train.setup import model_config  # noqa: E402
+from mvlm_jax.train.experiment import model_config  # noqa: E402
 
 TRAINED, FACTOR = 16, 4  # the tiny model's training length and the scaling: parity runs 64 positions
 TOKENS = np.random.default_rng(1).integers(0, 97, size=(2, TRAINED * FACTOR))

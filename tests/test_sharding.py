@@ -129,3 +129,27 @@ def test_a_weight_is_actually_split_across_devices():
 def test_bad_mesh_configs_are_rejected_clearly(mesh_config, message):
     with pytest.raises(ValueError, match=message):
         sharding.make_mesh(mesh_config)
+
+
+def test_a_rule_changed_in_the_config_changes_a_parameters_sharding():
+    """config.mesh.rules is the table: replicating `vocab` there moves the embedding's and the LM head's
+    vocabulary axis off `tensor`, and nothing else changes; a rule naming no mesh axis is refused by key."""
+    from mvlm_jax.train.experiment import parse
+    from mvlm_jax.train.recipes import base_config
+    from mvlm_jax.train.run import build_run
+
+    def layout(config):
+        return sharding.describe(build_run(parse(config), jax.devices()[:1]).param_shardings)
+
+    default = layout(base_config())
+    config = base_config()
+    config.mesh.rules.vocab = ()
+    changed = layout(config)
+    assert default["embed_tokens/embedding"] == str(PartitionSpec("tensor", "fsdp"))
+    assert changed["embed_tokens/embedding"] == str(PartitionSpec(None, "fsdp"))
+    assert changed["lm_head/kernel"] == str(PartitionSpec("fsdp", None))
+    assert {k: v for k, v in changed.items() if "embed_tokens" not in k and "lm_head" not in k} == \
+        {k: v for k, v in default.items() if "embed_tokens" not in k and "lm_head" not in k}
+    config.mesh.rules.vocab = ("tensr",)
+    with pytest.raises(ValueError, match=r"config\.mesh\.rules\.vocab"):
+        parse(config)

@@ -14,7 +14,8 @@ from mvlm_jax.checkpoint import load_model
 from mvlm_jax.models import build_model
 from mvlm_jax.train import setup
 from mvlm_jax.train.hooks import Hook
-from mvlm_jax.train.loop import train
+from mvlm_jax.train.entry import train
+from mvlm_jax.train.experiment import model_config as parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -147,7 +148,7 @@ def conversation_config(experiment, arg, data):
                                                       (vlm, "size=tiny,stage=1", "llava_caption_val")])
 def test_held_out_conversation_batches(experiment, arg, held_out, data, tmp_path):
     config = conversation_config(experiment, arg, data)
-    model_config = setup.model_config(config.model)
+    model_config = parse_model(config.model)
     assert setup.held_out_sources(config, tmp_path) == ((data[1]["shards_val"],), (data[1][held_out],))
     batch_size = config.train.batch_size
     one = setup.held_out_batches(config, model_config, tmp_path, 0, 1)
@@ -176,4 +177,36 @@ def test_validation_without_held_out_data_is_refused(data, tmp_path):
     config = pretrain_config(data, 10)
     config.data.embedded.enabled = False
     with pytest.raises(ValueError, match="config.eval.shards"):
-        setup.held_out_batches(config, setup.model_config(config.model), tmp_path, 0, 1)
+        setup.held_out_batches(config, parse_model(config.model), tmp_path, 0, 1)
+
+
+def test_a_stage_trains_with_the_loss_its_config_chooses(runs, data, tmp_path):
+    """config.loss.label_smoothing through the same trainer: step 1's loss is the label-smoothed
+    cross-entropy of the initial parameters on the first batch, computed here independently (numpy, float64),
+    and not the plain loss the reference run logged for that batch."""
+    import jax
+
+    from mvlm_jax.models import init_params
+
+    config = pretrain_config(data, 0)
+    config.train.total_steps = 1
+    config.checkpoint.every = 0
+    config.loss.label_smoothing = 0.5
+    (record,) = train(config, str(tmp_path / "smoothed"))
+    model_config = parse_model(config.model)
+    stream = setup.data_stream(config, model_config, 0, 1)
+    batch = next(stream)
+    stream.close()
+    assert record["batch_hash"] == runs["reference"][0]["batch_hash"]  # the reference's first batch, too
+    params = init_params(model_config, jax.random.key(config.train.seed))
+    logits = np.asarray(build_model(model_config).apply({"params": params}, batch["tokens"], batch["segment_ids"],
+                                                        batch["positions"]), np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    target = np.take_along_axis(log_p, batch["targets"][..., None], -1)[..., 0]
+    token_loss = -(0.5 * target + 0.5 * log_p.mean(-1))  # targets (1 - e) * one-hot + e / vocab
+    mask = batch["loss_mask"].astype(np.float64)
+    expected = float((token_loss * mask).sum() / mask.sum())
+    assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    # The plain loss of the same batch and parameters lies well outside that tolerance.
+    assert abs(runs["reference"][0]["loss"] - expected) > 10 * 1e-5 * expected, (runs["reference"][0]["loss"], expected)

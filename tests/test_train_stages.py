@@ -11,7 +11,9 @@ import pytest
 
 from console_checks import ABSL_INFO, assert_quiet, assert_user_error
 from mvlm_jax.checkpoint import load_model
-from mvlm_jax.train.loop import TrainingError, train
+from mvlm_jax.train.entry import train
+from mvlm_jax.train.experiment import parse
+from mvlm_jax.train.loop import TrainingError
 from mvlm_jax.train.run import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,13 +91,13 @@ def test_configuration_errors_before_anything_compiles(tmp_path):
     with config.unlocked():
         config.mesh.data = 3
     with pytest.raises(ValueError, match="does not divide"):
-        validate(config, 8)
+        validate(parse(config), 8)
     config = pretrain_experiment.get_config("tiny")
     config.train.batch_size = 4
     with config.unlocked():
         config.mesh.update(data=8)
     with pytest.raises(ValueError, match="micro-batch 4 does not divide"):
-        validate(config, 8)
+        validate(parse(config), 8)
     done = subprocess.run([sys.executable, "-m", "mvlm_jax.train", "--config",
                            f"{ROOT / 'experiments' / 'pretrain.py'}:tiny", "--workdir", str(tmp_path),
                            "--config.train.totl_steps=3"], capture_output=True, text=True, timeout=120)

@@ -13,7 +13,8 @@ from mvlm_jax.models import build_model, init_params
 from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
 from mvlm_jax.train.optimizer import OptimConfig, decay_mask, make_optimizer, schedule
 from mvlm_jax.train.partition import count, is_trainable, merge, split
-from mvlm_jax.train.step import cross_entropy_sum, init_state, make_train_step
+from mvlm_jax.train.losses import batch_forward, cross_entropy_sum, next_token_loss, token_loss
+from mvlm_jax.train.step import init_state, make_train_step
 
 LLM = LLAMA_PRESETS["tiny"]
 VLM = VLMConfig(VISION_PRESETS["tiny"], PROJECTOR_PRESETS["ldp"], LLM)
@@ -40,7 +41,8 @@ def setup(config, patterns, accumulation=1, frozen=()):
     params = init_params(config, jax.random.key(0))
     trainable, frozen_part = split(params, is_trainable(patterns, frozen))
     optimizer = make_optimizer(OPTIM)
-    step = make_train_step(build_model(config), optimizer, schedule(OPTIM), accumulation)
+    loss = next_token_loss(batch_forward(build_model(config), config))
+    step = make_train_step(loss, optimizer, schedule(OPTIM), accumulation)
     return params, init_state(trainable, frozen_part, optimizer, jax.random.key(1)), step
 
 
@@ -55,6 +57,21 @@ def test_loss_is_the_mean_over_target_tokens():
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
     total, n = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
     assert float(n) == float(batch["loss_mask"].sum()) and np.isclose(float(total / n), expected, rtol=1e-5)
+
+
+def test_label_smoothed_token_loss_matches_optax_one_hot():
+    """losses.smoothed_cross_entropy (no one-hot built) against optax's smoothed one-hot cross-entropy;
+    the plain loss differs from it."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(scale=3.0, size=(2, 5, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, (2, 5)), jnp.int32)
+    mask = jnp.asarray(rng.random((2, 5)) > 0.3, jnp.float32)
+    total, n = token_loss(label_smoothing=0.2)(logits, targets, mask)
+    expected = optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(targets, 11), 0.2))
+    np.testing.assert_allclose(float(total), float(jnp.sum(expected * mask)), rtol=1e-6)
+    assert float(n) == float(mask.sum())
+    plain, _ = token_loss()(logits, targets, mask)
+    assert abs(float(plain) - float(total)) > 0.01 * float(total)
 
 
 def test_gradient_accumulation_equals_one_big_batch():

@@ -99,12 +99,11 @@ def resolve_train(experiment: str, overrides: Mapping[str, Any], where: str) -> 
     file = Path(path) if Path(path).is_absolute() else ROOT / path
     config = spec_lib.load_module(file).get_config(arg or None)
     apply_overrides(config, overrides, where)
-    from mvlm_jax.train import setup
+    from mvlm_jax.train.experiment import parse
     from mvlm_jax.train.run import validate
 
     try:
-        setup.model_config(config.model)
-        validate(config, 1)
+        validate(parse(config), 1)
     except (TypeError, ValueError) as error:
         raise SweepError(f"{where}: {error}") from None
     return json.loads(json.dumps(config.to_dict(), default=list))
@@ -134,9 +133,9 @@ def model_info(config: dict[str, Any]) -> dict[str, Any]:
 
     from mvlm_jax.models import abstract_params
     from mvlm_jax.models.config import VLMConfig
-    from mvlm_jax.train import setup
+    from mvlm_jax.train.experiment import model_config
 
-    model = setup.model_config(ml_collections.ConfigDict(tuples_from_json(config["model"])))
+    model = model_config(ml_collections.ConfigDict(tuples_from_json(config["model"])))
     counts = {part: sum(leaf.size for leaf in jax.tree.leaves(tree)) for part, tree in abstract_params(model).items()}
     return {"parameters": sum(counts.values()), "parameters_by_part": counts,
             "visual_tokens": model.num_visual_tokens if isinstance(model, VLMConfig) else 0}

@@ -59,7 +59,7 @@ def main(argv) -> None:
     library_logs(flags.FLAGS.verbose)
     _initialize_distributed()
     from mvlm_jax.train import setup
-    from mvlm_jax.train.loop import train  # after distributed init: importing models touches no backend
+    from mvlm_jax.train.entry import train  # after distributed init: importing models touches no backend
 
     config = _CONFIG.value
     setup.check_data_paths(config)  # refuse object-store data, or an unreachable workdir, before preparing data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 
 from mvlm_jax import sharding
@@ -86,25 +85,26 @@ def initial_params(specs: Sequence[str], abstract: Params, random_init: Callable
     return params
 
 
-def random_init_fn(model: nn.Module, model_config: Any, param_shardings: Params, keep: Keep) -> Any:
-    """jit(rng -> the kept leaves of model.init(rng)), each leaf in its sharding; call (or lower) it inside
-    sharding.activate(mesh). The values are those of a full initialisation (flax derives every
-    parameter's key from its path), but only the kept leaves are computed."""
-    def init(key: jax.Array) -> Params:
-        return split(nn.unbox(model.init(key, *example_inputs(model_config))["params"]), keep)[0]
+def _init_fn(run: Any) -> Callable[[jax.Array], Any]:
+    return lambda key: run.model.init(key, *example_inputs(run.model_config))["params"]
 
-    return jax.jit(init, out_shardings=split(param_shardings, keep)[0])
+
+def random_init_fn(run: Any, keep: Keep) -> Any:
+    """jit(rng -> the kept leaves of model.init(rng)) for `run` (mvlm_jax.train.run.Run), each leaf in its
+    sharding; call (or lower) it inside run.activate(). The values are those of a full initialisation (flax
+    derives every parameter's key from its path), but only the kept leaves are computed."""
+    return sharding.sharded_init(_init_fn(run), run.mesh, run.rules, select=lambda tree: split(tree, keep)[0])[0]
+
+
+def random_init(run: Any, rng: jax.Array, keep: Keep) -> Params:
+    """The kept leaves of model.init(rng), created sharded (sharding.init_sharded; see random_init_fn)."""
+    return sharding.init_sharded(_init_fn(run), rng, run.mesh, run.rules, select=lambda tree: split(tree, keep)[0])[0]
 
 
 def initial_state(init_from: Sequence[str], run: Any, rng: jax.Array) -> dict:
     """The train state at step 0 for `run` (mvlm_jax.train.run.Run), sharded as run.state_shardings."""
     abstract = merge(run.abstract_state["trainable"], run.abstract_state["frozen"])
-
-    def random_init(keep: Keep) -> Params:
-        with sharding.activate(run.mesh):  # the model's activation constraints need the mesh and the rules
-            return random_init_fn(run.model, run.model_config, run.param_shardings, keep)(rng)
-
-    params = initial_params(init_from, abstract, random_init)
+    params = initial_params(init_from, abstract, lambda keep: random_init(run, rng, keep))
     trainable, frozen = split(params, run.trainable_of)
     # The parameters go into the state as they are; a jit over them all would only copy them.
     shardings = {key: run.state_shardings[key] for key in ("opt_state", "step", "rng")}

@@ -1,36 +1,33 @@
 """The trainer: resume or initialise a sharded state, then step; after each step its hooks (validation,
-logging, checkpointing: mvlm_jax.train.hooks) run when due, top to bottom.
+benchmarks, logging, checkpointing: mvlm_jax.train.hooks) run when due, top to bottom.
 
-It knows neither the model family nor the stage: the experiment config says what trains (path patterns),
-which data feeds it and where the weights come from. Resume order: the workdir's own latest good
-checkpoint (its frozen parameters from WORKDIR/frozen), then `init_from` (mvlm_jax.train.initial), then a
-fresh initialisation of what init_from does not cover.
+It receives the parsed experiment (mvlm_jax.train.experiment), the compiled run (mvlm_jax.train.run), the
+data stream and the hooks from the entry point (mvlm_jax.train.entry). It knows neither the model family,
+the loss nor the stage: the run's step holds the loss and what trains. Resume order: the workdir's own
+latest good checkpoint (its frozen parameters from WORKDIR/frozen), then `init_from`
+(mvlm_jax.train.initial), then a fresh initialisation of what init_from does not cover.
 """
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 from tqdm import tqdm
 
 from data_pipelines.pretrain_pipeline import batch_hash
-from mvlm_jax import sharding
 from mvlm_jax.checkpoint import save_model
 from mvlm_jax.models.config import to_dict
-from mvlm_jax.train import setup
-from mvlm_jax.train.run import build_run
 from mvlm_jax.train.checkpoints import TrainCheckpoints
+from mvlm_jax.train.experiment import Experiment
 from mvlm_jax.train.hooks import Hook, StepContext, due_hooks, run_hooks
-from mvlm_jax.train.metrics import MetricsWriter, peak_flops, step_flops
-from mvlm_jax.train.preemption import PreemptionWatch
-from mvlm_jax.train.partition import count, describe, merge
 from mvlm_jax.train.initial import initial_state
-from mvlm_jax.train.validation import Validation, validation_hook
-from mvlm_jax.eval.during_training import benchmark_hook
+from mvlm_jax.train.metrics import MetricsWriter, peak_flops
+from mvlm_jax.train.partition import describe, merge
+from mvlm_jax.train.preemption import PreemptionWatch
+from mvlm_jax.train.run import Run
 
 
 class TrainingError(RuntimeError):
@@ -50,26 +47,15 @@ def save_final_model(directory: epath.Path, state: dict, model_config, tokenizer
         print(f"wrote the trained model to {directory}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()) -> list[dict]:
-    """Run (or resume) the experiment in `workdir`; returns the metrics of the steps run now. `hooks`: more
-    periodic work (mvlm_jax.train.hooks), run after validation and before logging, so that what they add
-    to a step's record is logged with it."""
-    setup.check_data_paths(config)  # before anything is written or compiled
-    workdir_path = setup.workdir_path(workdir)
-    # Before the run is built: with train.epochs the data decides total_steps, and the schedule with it.
-    examples = setup.epoch_plan(config, setup.model_config(config.model), workdir_path,
-                                write=jax.process_index() == 0)
-    run = build_run(config)
-    mesh, model_config = run.mesh, run.model_config
-    benchmarks = benchmark_hook(config, model_config, workdir_path)  # checks its files before any data is read
-    data = setup.data_stream(config, model_config, jax.process_index(), jax.process_count(), examples)
-    validation = Validation(setup.held_out_batches(config, model_config, workdir_path, jax.process_index(),
-                                                   jax.process_count()),
-                            run.eval_step, run.batch_sharding, mesh) if config.eval.every else None
-
-    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", setup.checkpoint_config(config),
-                                   workdir_path / "frozen")
-    metadata = {"config": config.to_dict(), "model": to_dict(model_config)}
+def run_loop(experiment: Experiment, run: Run, data: Any, workdir_path: epath.Path,
+             hooks: Sequence[Hook] = ()) -> list[dict]:
+    """Run (or resume) `experiment` in `workdir_path` with `run`'s step over `data` (a BatchStream: an
+    iterator of this process's batches with get_state / set_state / close); returns the metrics of the
+    steps run now. `hooks` run after each step when due, in order, before logging (so that what they add
+    to a step's record is logged with it) and checkpointing."""
+    model_config = run.model_config
+    checkpoints = TrainCheckpoints(workdir_path / "checkpoints", experiment.checkpoint, workdir_path / "frozen")
+    metadata = {"config": experiment.record, "model": to_dict(model_config)}
     checkpoints.check_compatible(metadata)
     restored = checkpoints.restore_latest(run.abstract_state, data)
     if restored is not None:
@@ -77,17 +63,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         print(f"resumed from {workdir_path / 'checkpoints'} at step {start_step}")
     else:
         start_step = 0
-        state = initial_state(config.init_from, run, jax.random.key(config.train.seed))
+        state = initial_state(experiment.init_from, run, jax.random.key(experiment.train.seed))
     print(describe(state["trainable"], state["frozen"]))
-    llm_part = lambda tree: tree.get("llm", {}) if "llm" in state["frozen"] or "llm" in state["trainable"] else tree  # noqa: E731
-    llm_trained = count(llm_part(state["trainable"]))
-    trained_share = llm_trained / max(llm_trained + count(llm_part(state["frozen"])), 1)
 
     batch_sharding, jitted = run.batch_sharding, run.step
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)
     peak = peak_flops(jax.devices()[0].device_kind)
     history: list[dict] = []
-    total_steps = config.train.total_steps
+    total_steps = experiment.train.total_steps
     bar = tqdm(total=total_steps, initial=start_step, disable=None, desc="train")
     pending: dict | None = None  # the dispatched step whose metrics are not read yet
     last_done = time.perf_counter()
@@ -103,7 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
                                 f"{float(metrics['grad_norm'])} is not finite; the state was not updated and "
                                 f"nothing was saved; the last good checkpoint is in {workdir_path / 'checkpoints'}")
         tokens, images = int(metrics["real_tokens"]), int(metrics.get("images", 0))  # padding excluded
-        flops = step_flops(model_config, tokens, step_info["seq"], images, trained_share)
+        flops = run.step_flops(tokens, step_info["seq"], images)
         return {"step": step_info["step"], "loss": float(metrics["loss"]),
                 "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
                 "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
@@ -121,13 +104,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         writer.sync()  # metrics.jsonl holds every step up to the checkpoint (an object store's copy is put now)
         checkpoints.save(context.step, context.state, data, metadata)
 
-    # Run in this order after a step: validation and the extra hooks add to the record, logging writes it,
-    # and the checkpoint comes last.
-    hook_list = [*([validation_hook(config.eval.every, validation, jax.process_index() == 0)] if validation else []),
-                 *([benchmarks] if benchmarks else []),
-                 *hooks,
-                 Hook("log", 1, log),
-                 Hook("checkpoint", config.checkpoint.every, checkpoint, needs_state=True)]
+    # Run in this order after a step: the given hooks add to the record, logging writes it, and the
+    # checkpoint comes last.
+    hook_list = [*hooks, Hook("log", 1, log), Hook("checkpoint", experiment.checkpoint.every, checkpoint, needs_state=True)]
 
     def after_step(step_info: dict, step_state: dict | None) -> None:
         """Read a step's metrics (waits for it), then run the hooks due at it; no hook runs after a
@@ -143,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         global_batch = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
         info["dispatched"] = time.perf_counter()
-        with sharding.activate(mesh):
+        with run.activate():
             state, info["metrics"] = jitted(state, global_batch)
         # Read the previous step's metrics only now: the host prepares and dispatches step t + 1
         # while the device still runs step t.
@@ -174,7 +153,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         if pending is not None:
             after_step(pending, None)
         if not preempted:
-            save_final_model(workdir_path / "model", state, model_config, config.data.get("tokenizer"))
+            save_final_model(workdir_path / "model", state, model_config, experiment.tokenizer)
     finally:
         bar.close()
         checkpoints.wait()

@@ -19,6 +19,7 @@ from mvlm_jax.models.llama import count_params as llama_params
 from mvlm_jax.models.projectors import make_divisible
 from mvlm_jax.models.vit import count_params as vit_params
 from mvlm_jax.paths import as_path, is_url, probe
+from mvlm_jax.train.partition import count
 
 # Dense bf16 peak FLOP/s per device (vendor figures, without sparsity).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12,
@@ -62,6 +63,14 @@ def projector_forward_flops(config: ProjectorConfig, vision_width: int, hidden: 
         flops += 2.0 * side * side * (9 * channels + channels * hidden) + 2.0 * 2 * channels * squeeze
         channels = hidden
     return flops
+
+
+def trained_llm_share(config: Any, trainable: Any, frozen: Any) -> float:
+    """The fraction of the LLM's weights in `trainable` (the split of the parameters, arrays or
+    ShapeDtypeStructs): step_flops' `trained_share`. A VLM's LLM is its `llm/` part."""
+    llm_part = (lambda tree: tree.get("llm", {})) if isinstance(config, VLMConfig) else (lambda tree: tree)  # noqa: E731
+    trained = count(llm_part(trainable))
+    return trained / max(trained + count(llm_part(frozen)), 1)
 
 
 def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_share: float = 1.0) -> float:

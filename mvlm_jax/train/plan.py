@@ -79,12 +79,13 @@ def shard_bytes(abstract_tree) -> int:
 
 
 def _compile(config, devices):
-    from mvlm_jax import sharding
+    from mvlm_jax.train.experiment import parse
     from mvlm_jax.train.run import abstract_batch, build_run
 
-    run = build_run(config, devices)
-    with sharding.activate(run.mesh):
-        return run, run.step.lower(run.abstract_state, abstract_batch(config, run)).compile()
+    experiment = parse(config)
+    run = build_run(experiment, devices)
+    with run.activate():
+        return run, run.step.lower(run.abstract_state, abstract_batch(experiment, run)).compile()
 
 
 def _cost(compiled) -> dict[str, float]:
@@ -119,12 +120,13 @@ def plan(config, devices, chip: Chip | None = None) -> dict:
     the roofline bound."""
     from mvlm_jax.models.attention import resolve
     from mvlm_jax.train.metrics import step_flops
+    from mvlm_jax.train.experiment import parse
     from mvlm_jax.train.run import validate
-    from mvlm_jax.train.setup import model_config as build_model_config
 
-    validate(config, len(devices))  # mesh against the device count, batch against the mesh: before compiling
+    experiment = parse(config)
+    validate(experiment, len(devices))  # mesh against the device count, batch against the mesh: before compiling
     tokens = config.train.batch_size * config.data.seq_len
-    model_config = build_model_config(config.model)
+    model_config = experiment.model
     images = config.train.batch_size * config.data.images_per_row if config.model.kind == "vlm" else 0
     result = {"devices": len(devices), "platform": devices[0].platform, "tokens": tokens,
               "model_tflops": step_flops(model_config, tokens, config.data.seq_len, images) / 1e12}

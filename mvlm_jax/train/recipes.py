@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from mvlm_jax.sharding import LOGICAL_RULES, rules_as_config
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -33,7 +35,12 @@ def base_config() -> ml_collections.ConfigDict:
     # warmup_ratio > 0 replaces warmup_steps with ceil(ratio * total_steps), as HF Trainer's warmup_ratio.
     c.optim = dict(learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10, warmup_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8,
                    weight_decay=0.1, grad_clip_norm=1.0, lr_multipliers=())
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # rules: logical axis name -> mesh axes ((): replicated), the defaults of mvlm_jax.sharding.LOGICAL_RULES;
+    # change one with c.mesh.rules.embed = ("fsdp", "tensor") or --config.mesh.rules.embed="('fsdp','tensor')".
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=rules_as_config(LOGICAL_RULES))
+    # The stage's token loss (mvlm_jax.train.losses): next-token cross-entropy over the loss mask, optionally
+    # against label-smoothed targets.
+    c.loss = dict(kind="cross_entropy", label_smoothing=0.0)
     c.checkpoint = dict(every=50, keep=3, keep_every=None, async_save=True)
     # Validation loss every `every` steps and at the last one (0: off) over `batches` fixed global batches of
     # held-out data: token shards (`shards`, pretraining) or conversation files (`files`, read like

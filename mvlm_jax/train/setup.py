@@ -1,6 +1,6 @@
-"""From an experiment's ConfigDict to the pieces the loop runs: model config, data stream, optimizer.
-
-Each component reads only its own sub-config (model, data, optim, train, mesh, checkpoint, eval).
+"""The data side of a run, from an experiment's ConfigDict at the entry point (mvlm_jax.train.entry): the
+training stream, the epoch plan, the held-out batches, and the checks on data paths and the workdir.
+(The rest of the config is parsed into typed parts by mvlm_jax.train.experiment.)
 """
 from __future__ import annotations
 
@@ -14,61 +14,15 @@ from etils import epath
 
 from data_pipelines.conversations import (CachedExamples, ConversationData, Examples, PackedRows, build_conversation_dataset,
                                           prepare_examples)
-from data_pipelines.errors import BadInput
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
 from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
 from data_pipelines.token_source import read_index
 from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.atomic import write_bytes
-from mvlm_jax.models import attention
-from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig,
-                                    VLMConfig)
+from mvlm_jax.models.config import ModelConfig, VLMConfig
 from mvlm_jax.paths import as_path, is_url, probe, require_local
-from mvlm_jax.sharding import MeshConfig
-from mvlm_jax.train.checkpoints import CheckpointConfig
-from mvlm_jax.train.optimizer import OptimConfig
 from mvlm_jax.train.validation import WindowRows, conversation_rows, fixed_batches
-
-
-def _preset(presets: dict, name: str, what: str):
-    if name not in presets:
-        raise BadInput(f"config.model.{what}: unknown preset {name!r}; expected one of {sorted(presets)}")
-    return presets[name]
-
-
-def model_config(model: ml_collections.ConfigDict) -> ModelConfig:
-    lora = LoraConfig(**model.lora) if model.lora.rank else None
-    llm = dataclasses.replace(_preset(LLAMA_PRESETS, model.llm, "llm"), dtype=model.dtype, remat_policy=model.remat,
-                              lora=lora, attention_impl=model.attention, **dict(model.llm_overrides))
-    if model.kind == "llm":
-        return llm
-    if model.kind != "vlm":
-        raise ValueError(f"config.model.kind: {model.kind!r}; expected llm or vlm")
-    vision = dataclasses.replace(_preset(VISION_PRESETS, model.vision, "vision"), dtype=model.dtype,
-                                 **dict(model.vision_overrides))
-    projector = dataclasses.replace(_preset(PROJECTOR_PRESETS, model.projector, "projector"), dtype=model.dtype)
-    return VLMConfig(vision, projector, llm)
-
-
-def for_platform(config: ModelConfig, platform: str) -> ModelConfig:
-    """`config` with its LLM's attention kernel resolved for a compile target of `platform` ("auto" made
-    concrete; a kernel that cannot run there is a ValueError naming config.model.attention)."""
-    llm = config.llm if isinstance(config, VLMConfig) else config
-    llm = dataclasses.replace(llm, attention_impl=attention.resolve(llm.attention_impl, platform, llm.dtype))
-    return dataclasses.replace(config, llm=llm) if isinstance(config, VLMConfig) else llm
-
-
-def optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
-    return OptimConfig(**dict(config.optim), total_steps=config.train.total_steps)
-
-
-def mesh_config(config: ml_collections.ConfigDict) -> MeshConfig:
-    return MeshConfig(**dict(config.mesh))
-
-
-def checkpoint_config(config: ml_collections.ConfigDict) -> CheckpointConfig:
-    return CheckpointConfig(**dict(config.checkpoint))
 
 
 def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_index: int,

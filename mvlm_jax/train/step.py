@@ -1,21 +1,22 @@
 """The train step: a pure function `step(state, batch) -> (state, metrics)` from a factory, and the
-validation step: the same loss, forward only (`make_loss_sum` is the one place the loss is written).
+validation step: the same loss, forward only. Both receive the loss from the stage setup
+(mvlm_jax.train.losses); they know neither the model nor the loss.
 
 Only the trainable part of the parameters is differentiated; the frozen part (the vision tower, a frozen
 LLM in VLM stage 1) enters as a constant, so no backward pass runs through it and it has no gradient or
-optimizer state. The loss is next-token cross-entropy in float32 over the target mask, averaged per target
-token of the whole global batch (gradient accumulation sums per-micro-batch sums, then divides once).
-A step whose loss or gradients are not finite leaves the state unchanged and reports `finite = False`.
+optimizer state. The loss is averaged per target token of the whole global batch (gradient accumulation
+sums per-micro-batch sums, then divides once). A step whose loss or gradients are not finite leaves the
+state unchanged and reports `finite = False`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from mvlm_jax.train.losses import LossSum
 from mvlm_jax.train.partition import merge
 
 State = dict[str, Any]  # {"trainable", "frozen", "opt_state", "step", "rng"}
@@ -31,33 +32,6 @@ def compiler_options(platform: str) -> dict[str, str]:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
-def model_forward(model: nn.Module, params: Any, batch: Batch, rng: jax.Array) -> jax.Array:
-    """float32 logits [batch, seq, vocab] for an LLM batch or an image-text batch (it has `images`)."""
-    rngs = {"dropout": rng}
-    if "images" in batch:
-        return model.apply({"params": params}, batch["tokens"], batch["images"], batch["image_slots"],
-                           batch["segment_ids"], batch["positions"], rngs=rngs)
-    return model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"], rngs=rngs)
-
-
-def cross_entropy_sum(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of masked token losses, number of target tokens), in float32."""
-    logits = logits.astype(jnp.float32)
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    mask = loss_mask.astype(jnp.float32)
-    return jnp.sum(token_loss * mask), jnp.sum(mask)
-
-
-def make_loss_sum(model: nn.Module) -> Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]:
-    """loss_sum(trainable, frozen, batch, rng) -> (sum of masked token losses, target tokens): the one loss
-    of training and validation."""
-    def loss_sum(trainable, frozen, batch, rng):
-        logits = model_forward(model, merge(trainable, frozen), batch, rng)
-        return cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
-
-    return loss_sum
-
-
 def micro_batches(batch: Batch, accumulation_steps: int) -> Batch:
     """[batch, ...] -> [accumulation_steps, batch / accumulation_steps, ...]. Strided (rows i, i + A, ...):
     every device keeps feeding its own rows, where a contiguous split would move inputs between data/fsdp
@@ -66,9 +40,16 @@ def micro_batches(batch: Batch, accumulation_steps: int) -> Batch:
         x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]), 0, 1), batch)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+def _split_params(loss_sum: LossSum) -> Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]:
+    """loss_sum over (trainable, frozen): differentiating by the first argument leaves the frozen part out."""
+    return lambda trainable, frozen, batch, rng: loss_sum(merge(trainable, frozen), batch, rng)
+
+
+def make_train_step(loss_sum: LossSum, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     accumulation_steps: int = 1) -> Callable[[State, Batch], tuple[State, dict]]:
-    grad_fn = jax.value_and_grad(make_loss_sum(model), has_aux=True)
+    """step(state, batch) -> (state, metrics) minimising `loss_sum` (mvlm_jax.train.losses) over the
+    trainable part; batch: the global batch of the batch contract, [batch, seq] arrays."""
+    grad_fn = jax.value_and_grad(_split_params(loss_sum), has_aux=True)
 
     def step(state: State, batch: Batch) -> tuple[State, dict]:
         rng, step_rng = jax.random.split(state["rng"])
@@ -107,12 +88,12 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     return step
 
 
-def make_eval_step(model: nn.Module, accumulation_steps: int = 1) -> Callable[[State, Batch], dict]:
+def make_eval_step(loss_sum: LossSum, accumulation_steps: int = 1) -> Callable[[State, Batch], dict]:
     """eval_step(state, batch) -> {"loss_sum", "target_tokens"} (float32 scalars): the train step's loss,
     forward only, over the same micro-batches (a forward over the whole global batch at once would hold
-    `accumulation_steps` times the logits). `model` must be deterministic (no dropout); the state is read,
-    never changed."""
-    loss_sum = make_loss_sum(model)
+    `accumulation_steps` times the logits). `loss_sum` must be deterministic (a model without dropout); the
+    state is read, never changed."""
+    loss_sum = _split_params(loss_sum)
 
     def eval_step(state: State, batch: Batch) -> dict:
         def accumulate(carry, micro_batch):

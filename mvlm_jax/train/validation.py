@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Protocol
+from typing import Callable, ContextManager, Protocol
 
 import jax
 import numpy as np
@@ -33,7 +33,6 @@ from data_pipelines.conversations import ConversationData, PackedRows, prepare_e
 from data_pipelines.pretrain_pipeline import WindowsToBatch
 from data_pipelines.token_source import TokenWindows
 from data_pipelines.tokenizer import Tokenizer
-from mvlm_jax import sharding
 from mvlm_jax.train.hooks import Hook, StepContext
 
 HELD_OUT_SEED = 0
@@ -113,15 +112,16 @@ def fixed_batches(rows: Rows, batch_size: int, batches: int, process_index: int 
 
 
 class Validation:
-    """The fixed held-out batches of this process and the jitted loss over them."""
+    """The fixed held-out batches of this process and the jitted loss over them; `activate()`: the scope
+    the step traces in (mvlm_jax.train.run.Run.activate: the mesh and the sharding rules)."""
 
-    def __init__(self, batches: list[Batch], eval_step, batch_sharding, mesh):
-        self.batches, self.eval_step, self.batch_sharding, self.mesh = batches, eval_step, batch_sharding, mesh
+    def __init__(self, batches: list[Batch], eval_step, batch_sharding, activate: Callable[[], ContextManager]):
+        self.batches, self.eval_step, self.batch_sharding, self.activate = batches, eval_step, batch_sharding, activate
 
     def __call__(self, state: dict) -> tuple[float, int]:
         """(mean loss per target token, target tokens) of the parameters in `state` over every batch."""
         outputs = []
-        with sharding.activate(self.mesh):
+        with self.activate():
             for batch in self.batches:
                 global_batch = jax.tree.map(
                     lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)

@@ -1,0 +1,76 @@
+"""What a stage minimises, chosen by the stage setup (mvlm_jax.train.run.build_run) and handed to the step
+factories (mvlm_jax.train.step), which know neither the model nor the loss.
+
+A loss is `loss_sum(params, batch, rng) -> (sum of token losses, number of target tokens)`, both float32
+scalars over one micro-batch of the batch contract; the step divides the sums of all micro-batches once,
+so the loss is the mean per target token of the whole global batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mvlm_jax.models.config import ModelConfig, VLMConfig
+
+Batch = dict[str, jax.Array]
+Forward = Callable[[Any, Batch, jax.Array], jax.Array]  # (params, batch, rng) -> float32 logits [batch, seq, vocab]
+TokenLoss = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+LossSum = Callable[[Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def batch_forward(model: nn.Module, config: ModelConfig) -> Forward:
+    """The model's forward over a batch dict: a VLM reads `images` and `image_slots` besides the tokens;
+    an LLM reads the tokens only. `rng` feeds dropout (LoRA), if the model has any."""
+    if isinstance(config, VLMConfig):
+        def forward(params, batch, rng):
+            return model.apply({"params": params}, batch["tokens"], batch["images"], batch["image_slots"],
+                               batch["segment_ids"], batch["positions"], rngs={"dropout": rng})
+    else:
+        def forward(params, batch, rng):
+            return model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
+                               rngs={"dropout": rng})
+    return forward
+
+
+def cross_entropy_sum(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token losses, number of target tokens), in float32."""
+    logits = logits.astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    mask = loss_mask.astype(jnp.float32)
+    return jnp.sum(token_loss * mask), jnp.sum(mask)
+
+
+def smoothed_cross_entropy(label_smoothing: float) -> TokenLoss:
+    """Cross-entropy against targets smoothed as (1 - e) * one_hot + e / vocab (Szegedy et al. 2016,
+    arXiv 1512.00567, section 7), written as (1 - e) * CE + e * (logsumexp - mean logit) so that no
+    [batch, seq, vocab] one-hot is built."""
+    def token_loss_sum(logits, targets, loss_mask):
+        logits = logits.astype(jnp.float32)
+        plain = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
+        mask = loss_mask.astype(jnp.float32)
+        return jnp.sum(((1.0 - label_smoothing) * plain + label_smoothing * uniform) * mask), jnp.sum(mask)
+
+    return token_loss_sum
+
+
+KINDS = ("cross_entropy",)  # the values of config.loss.kind
+
+
+def token_loss(kind: str = "cross_entropy", label_smoothing: float = 0.0) -> TokenLoss:
+    """The token loss of config.loss (`kind` one of KINDS, checked when the config is parsed)."""
+    del kind  # one kind so far; label smoothing 0 keeps the plain function (the same program as before it)
+    return smoothed_cross_entropy(label_smoothing) if label_smoothing else cross_entropy_sum
+
+
+def next_token_loss(forward: Forward, loss: TokenLoss = cross_entropy_sum) -> LossSum:
+    """loss_sum(params, batch, rng): `loss` of the forward's logits against batch["targets"] over
+    batch["loss_mask"]."""
+    def loss_sum(params, batch, rng):
+        return loss(forward(params, batch, rng), batch["targets"], batch["loss_mask"])
+
+    return loss_sum
