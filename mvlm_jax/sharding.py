@@ -155,7 +155,7 @@ def path_of(key_path) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in key_path)
 
 
-def describe(shardings: Any) -> dict[str, str]:
+def spec_table(shardings: Any) -> dict[str, str]:
     """'path/to/param' -> PartitionSpec text, for logs and plans."""
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
     return {path_of(path): str(s.spec) for path, s in flat}

@@ -77,7 +77,7 @@ def test_hand_written_layouts_hold():
         model = build_model(config)
         logical = sharding.logical_specs(jax.eval_shape(lambda k: model.init(k, *example_inputs(config))["params"],
                                                         jax.random.key(0)))
-        described = sharding.describe(sharding.mesh_shardings(logical, mesh))
+        described = sharding.spec_table(sharding.mesh_shardings(logical, mesh))
         for path, spec in expected.items():
             assert described[path] == str(PartitionSpec(*spec)), (name, path, described[path])
 
@@ -139,7 +139,7 @@ def test_a_rule_changed_in_the_config_changes_a_parameters_sharding():
     from mvlm_jax.train.run import build_run
 
     def layout(config):
-        return sharding.describe(build_run(parse(config), jax.devices()[:1]).param_shardings)
+        return sharding.spec_table(build_run(parse(config), jax.devices()[:1]).param_shardings)
 
     default = layout(base_config())
     config = base_config()

@@ -144,7 +144,7 @@ CHOICES: dict[str, list[str]] = {
     "shape_at_side": list(SHAPES), "count_all": ["1", "2", "3", "4"], "count_shape": ["0", "1", "2", "3", "4"],
     "exists": ["yes", "no"], "where": list(CELLS), "size_of": list(SIZES),
 }
-TEMPLATES: dict[str, tuple[str, ...]] = {
+QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "color_of_shape": ("What color is the {shape}?", "What is the color of the {shape}?"),
     "color_at_side": ("What color is the shape {side}?", "Which color is the shape {side}?"),
     "shape_of_color": ("What shape is the {color} object?", "Which shape is {color}?"),
@@ -164,7 +164,7 @@ def image_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     objs, qs = scene.objects, []
 
     def ask(kind: str, answer: str, **kw) -> None:
-        qs.append((kind, _pick(rng, TEMPLATES[kind]).format(**kw), answer))
+        qs.append((kind, _pick(rng, QUESTION_TEMPLATES[kind]).format(**kw), answer))
 
     for shape in sorted({o.shape for o in objs}):
         same = [o for o in objs if o.shape == shape]

@@ -25,7 +25,7 @@ def default_workdir(source: str) -> Path:
     return Path("runs") / "sweeps" / "-".join(filter(None, [Path(path).stem, arg.replace(",", "-").replace("=", "")]))
 
 
-def describe(plan, store) -> list[str]:
+def plan_lines(plan, store) -> list[str]:
     """The dry-run plan: per stage what happens (run / skip / retry / running elsewhere) and who shares it."""
     from mvlm_jax.sweep.state import DONE, FAILED, RUNNING
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(describe(plan, store)))
+    print("\n".join(plan_lines(plan, store)))
     if args.dry_run and args.launcher == "local":
         return 0
     plan.save()

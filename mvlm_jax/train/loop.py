@@ -25,7 +25,7 @@ from mvlm_jax.train.experiment import Experiment
 from mvlm_jax.train.hooks import Hook, StepContext, due_hooks, run_hooks
 from mvlm_jax.train.initial import initial_state
 from mvlm_jax.train.metrics import MetricsWriter, peak_flops
-from mvlm_jax.train.partition import describe, merge
+from mvlm_jax.train.partition import merge, trainable_summary
 from mvlm_jax.train.preemption import PreemptionWatch
 from mvlm_jax.train.run import Run
 
@@ -64,7 +64,7 @@ def run_loop(experiment: Experiment, run: Run, data: Any, workdir_path: epath.Pa
     else:
         start_step = 0
         state = initial_state(experiment.init_from, run, jax.random.key(experiment.train.seed))
-    print(describe(state["trainable"], state["frozen"]))
+    print(trainable_summary(state["trainable"], state["frozen"]))
 
     batch_sharding, jitted = run.batch_sharding, run.step
     writer = MetricsWriter(workdir_path, start_step, enabled=jax.process_index() == 0)

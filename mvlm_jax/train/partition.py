@@ -51,7 +51,7 @@ def count(tree: Any) -> int:
     return sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree.leaves(tree))
 
 
-def describe(trainable: Params, frozen: Params) -> str:
+def trainable_summary(trainable: Params, frozen: Params) -> str:
     """"trainable 18,936,832 of 1,674,143,744 parameters (1.13 %)" for the start of a run."""
     n_train, n_all = count(trainable), count(trainable) + count(frozen)
     return f"trainable {n_train:,} of {n_all:,} parameters ({100 * n_train / max(n_all, 1):.2f} %)"
