@@ -179,3 +179,74 @@ def test_truncation_rule_keeps_images_whole():
     assert fit(ids, target, 4, 4) is None  # the cut would fall inside the image slots
     assert fit(ids, target, 6, 4) is None  # image whole but no target left
     assert fit(ids, target, 9, 4, truncate=False) is None
+
+
+# LLaVA llava/conversation.py (conv_llava_llama_2, SeparatorStyle.LLAMA_2, sep "<s>", sep2 "</s>"), the same
+# in MobileVLM mobilevlm/conversation.py: get_prompt() wraps the system prompt in <<SYS>> inside the first
+# [INST] only, joins rounds with "<s>" (lstrip'ed at the start) and ends each answer with " </s>"; the
+# training preprocessing (preprocess_multimodal) moves "<image>" to the front of the first question + "\n".
+LLAMA_2_TURNS = [{"from": "human", "value": "What is in the picture?\n<image>"}, {"from": "gpt", "value": "A red circle."},
+                 {"from": "human", "value": "Is it big?"}, {"from": "gpt", "value": "No, it is small."}]
+LLAMA_2_PROMPT = (
+    "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the visual content "
+    "that the user provides, and assist the user with a variety of tasks using natural language.\n<</SYS>>\n\n"
+    "<image>\nWhat is in the picture? [/INST] A red circle. </s><s>[INST] Is it big? [/INST] No, it is small. </s>")
+
+
+def official_llama_2_targets(tokenizer, text):
+    """LLaVA / MobileVLM train.py preprocess_llama_2 on top of tokenizer_image_token and a legacy HF
+    LlamaTokenizer (specials split out, each chunk SentencePiece-encoded alone, BOS per call): rounds split
+    at "</s>", each round's instruction (up to "[/INST] ") masked with its token count - 2."""
+    import re
+
+    def encode(piece_text, bos=True):
+        special = {"</s>": tokenizer.eos_id, "<s>": tokenizer.bos_id, "<image>": IMAGE_TOKEN}
+        ids = [tokenizer.bos_id] if bos else []
+        for chunk in re.split(r"(</s>|<s>|<image>)", piece_text):
+            ids += [special[chunk]] if chunk in special else tokenizer.encode(chunk) if chunk else []
+        return ids
+
+    ids = encode(text)
+    target, cur = np.ones(len(ids), bool), 1
+    target[0] = False
+    for round_text in text.split("</s>"):
+        parts = round_text.split("[/INST] ")
+        if not round_text or len(parts) != 2:
+            break
+        instruction_len = len(encode(parts[0] + "[/INST] ")) - 2
+        target[cur:cur + instruction_len] = False
+        cur += len(encode(round_text))
+    assert cur == len(ids)  # the official "tokenization mismatch" check
+    return np.asarray(ids), target
+
+
+@pytest.mark.parametrize("has_image", [True, False])
+def test_llava_llama_2_prompt_and_targets_match_the_official_code(world, has_image):
+    _, tokenizer = world
+    turns = LLAMA_2_TURNS if has_image else [dict(t, value=t["value"].replace("\n<image>", "")) for t in LLAMA_2_TURNS]
+    segments = segments_for("llava_llama_2", turns, has_image=has_image)
+    text = "".join(s.text for s in segments)
+    assert text == (LLAMA_2_PROMPT if has_image else LLAMA_2_PROMPT.replace("<image>\n", ""))
+    tokenized = tokenize(tokenizer, segments)
+    ids, target = official_llama_2_targets(tokenizer, text)
+    np.testing.assert_array_equal(tokenized.ids, ids)
+    np.testing.assert_array_equal(tokenized.target, target)
+    # the targets: both answers with their trailing "▁" piece and </s>; the second round's <s> is masked
+    assert list(tokenized.ids[tokenized.target]).count(tokenizer.eos_id) == 2 and tokenized.target[-1]
+    answers = tokenizer.decode(tokenized.ids[tokenized.target & (tokenized.ids != tokenizer.eos_id)])
+    assert answers == "A red circle.  No, it is small. "  # each answer's trailing "▁", then the next one's
+    assert list(tokenized.ids).count(tokenizer.bos_id) == 2 and not tokenized.target[tokenized.ids == tokenizer.bos_id].any()
+    assert tokenized.num_images == int(has_image)
+
+
+def test_llava_llama_2_generation_prompt_ends_at_the_answer(world):
+    from mvlm_jax.generate.prompts import build_prompt, prompt_text
+
+    _, tokenizer = world
+    text = prompt_text(LLAMA_2_TURNS[:3], "llava_llama_2", has_image=True)
+    assert text == LLAMA_2_PROMPT[:LLAMA_2_PROMPT.index("Is it big? [/INST]") + len("Is it big? [/INST]")]
+    ids = build_prompt(tokenizer, "Is it big?", "llava_llama_2", has_image=True)
+    assert ids[0] == tokenizer.bos_id and list(ids).count(IMAGE_TOKEN) == 1
+    assert tokenizer.decode(ids[ids >= 0]).endswith("\nIs it big? [/INST]")
+    with pytest.raises(ValueError, match="a training conversation must end with an answer"):
+        segments_for("llava_llama_2", LLAMA_2_TURNS[:1], has_image=False)

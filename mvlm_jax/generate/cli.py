@@ -1,12 +1,12 @@
 """`mvlm generate` and `mvlm chat` (also `python -m mvlm_jax.generate {generate,chat} ...`).
 
   mvlm generate --ckpt CKPT --prompt TEXT [--image FILE] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
-  mvlm chat --ckpt CKPT [--image FILE] [--prompt TEXT]   (no --prompt: a conversation on stdin, one message a line)
+  mvlm chat --ckpt CKPT [--image FILE] [--prompt TEXT] [--template llava_llama_2]   (no --prompt: a conversation on stdin, one message a line)
   ... --gguf MODEL.gguf [--mmproj MMPROJ.gguf] instead of --ckpt: the exported files in llama.cpp
 
 The tokenizer is --tokenizer SP_MODEL, else CKPT/tokenizer.model. `generate` continues the raw prompt
-(BOS + text; with --image the image comes first) unless --template vicuna_v1; `chat` keeps the whole
-conversation in the vicuna_v1 template and answers each message.
+(BOS + text; with --image the image comes first) unless --template vicuna_v1 | llava_llama_2; `chat` keeps
+the whole conversation in the --template (default vicuna_v1) and answers each message.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import Sequence, TextIO
 
-from mvlm_jax.generate.prompts import (PROMPT_TEMPLATES, build_prompt, chat_prompt, find_image, find_tokenizer,
-                                      prompt_text)
+from mvlm_jax.generate.prompts import (CHAT_TEMPLATES, PROMPT_TEMPLATES, build_prompt, chat_prompt, find_image,
+                                      find_tokenizer, prompt_text)
 from mvlm_jax.generate.sampling import SamplingConfig
 from mvlm_jax.generate.stream import stream_text
 
@@ -90,8 +90,10 @@ def generate_main(argv: Sequence[str] | None = None) -> int:
 
 
 def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
-    parser = _parser("mvlm chat", "chat in the vicuna_v1 template: one-shot with --prompt, else messages on stdin")
+    parser = _parser("mvlm chat", "chat in a conversation template: one-shot with --prompt, else messages on stdin")
     parser.add_argument("--prompt", help="one message; answer it and exit")
+    parser.add_argument("--template", choices=CHAT_TEMPLATES, default="vicuna_v1",
+                        help="the conversation template the checkpoint was trained with (config.data.template)")
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
     try:
@@ -101,7 +103,9 @@ def chat_main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) ->
         has_image = session.image is not None
 
         def prompt(turns: list[dict]):  # ids for JAX, text for llama.cpp (its own tokenizer)
-            return prompt_text(turns, "vicuna_v1", has_image) if args.gguf else chat_prompt(session.tokenizer, turns, has_image)
+            if args.gguf:
+                return prompt_text(turns, args.template, has_image)
+            return chat_prompt(session.tokenizer, turns, has_image, args.template)
 
         if args.prompt is not None:
             print(session.answer(prompt([{"from": "human", "value": args.prompt}])))

@@ -1,4 +1,5 @@
-"""Prompts for generation: the tokenizer of a checkpoint, raw and vicuna_v1 prompts as ids (JAX) or text
+"""Prompts for generation: the tokenizer of a checkpoint, raw and chat-template prompts (vicuna_v1,
+llava_llama_2: data_pipelines.templates) as ids (JAX) or text
 (llama.cpp, which tokenizes with its own vocabulary), and the image file check.
 
 Prompt ids keep one IMAGE_TOKEN where the image goes; the engine widens it to the checkpoint's
@@ -12,12 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipelines.templates import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, Segment, generation_prompt, tokenize,
-                                     vicuna_v1_segments)
+from data_pipelines.templates import (CHAT_TEMPLATES, IMAGE_PLACEHOLDER, IMAGE_TOKEN, Segment, chat_segments,
+                                     generation_prompt, tokenize)
 from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.checkpoint import TOKENIZER_FILE
 
-PROMPT_TEMPLATES = ("raw", "vicuna_v1")  # training's "plain" is for captions, not prompts
+PROMPT_TEMPLATES = ("raw", *CHAT_TEMPLATES)  # training's "plain" is for captions, not prompts
 
 
 def find_tokenizer(ckpt: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Tokenizer:
@@ -44,28 +45,31 @@ def raw_prompt(tokenizer: Tokenizer, text: str, has_image: bool = False) -> np.n
     return ids
 
 
-def chat_prompt(tokenizer: Tokenizer, turns: Sequence[dict], has_image: bool = False) -> np.ndarray:
-    """vicuna_v1 ids ending in "ASSISTANT:". turns: [{"from": "human" | "gpt", "value": text}, ...], the
-    last one human; an image goes to the front of the first human turn (as in training)."""
+def chat_prompt(tokenizer: Tokenizer, turns: Sequence[dict], has_image: bool = False,
+                template: str = "vicuna_v1") -> np.ndarray:
+    """[length] ids of `template` ending where the answer starts (vicuna_v1 "ASSISTANT:", llava_llama_2
+    "[/INST]"). turns: [{"from": "human" | "gpt", "value": text}, ...], the last one human; an image goes to
+    the front of the first human turn (as in training)."""
     if not turns or turns[-1]["from"] != "human":
         raise ValueError("a chat prompt must end with a human turn")
-    return generation_prompt(tokenizer, turns, has_image)
+    return generation_prompt(tokenizer, turns, has_image, template)
 
 
 def build_prompt(tokenizer: Tokenizer, text: str, template: str, has_image: bool = False) -> np.ndarray:
-    """One user message as prompt ids in `template` ("raw" or "vicuna_v1")."""
+    """One user message as prompt ids in `template` (one of PROMPT_TEMPLATES)."""
     if template == "raw":
         return raw_prompt(tokenizer, text, has_image)
-    if template == "vicuna_v1":
-        return chat_prompt(tokenizer, [{"from": "human", "value": text}], has_image)
+    if template in CHAT_TEMPLATES:
+        return chat_prompt(tokenizer, [{"from": "human", "value": text}], has_image, template)
     raise ValueError(f"unknown template {template!r}; expected one of {PROMPT_TEMPLATES}")
 
 
 def prompt_text(turns: Sequence[dict], template: str, has_image: bool) -> str:
-    """The prompt as text, "<image>" where the image goes: vicuna_v1 ending in "ASSISTANT:" (the image at the
-    front of the first human turn), or "raw": the last turn's text, the image first unless the text places it."""
-    if template == "vicuna_v1":
-        return "".join(s.text for s in vicuna_v1_segments(turns, has_image, generation_prompt=True))
+    """The prompt as text, "<image>" where the image goes: a chat template's generation prompt (the image at
+    the front of the first human turn), or "raw": the last turn's text, the image first unless the text
+    places it."""
+    if template in CHAT_TEMPLATES:
+        return "".join(s.text for s in chat_segments(template, turns, has_image))
     if template != "raw":
         raise ValueError(f"unknown template {template!r}; expected one of {PROMPT_TEMPLATES}")
     text = turns[-1]["value"]
