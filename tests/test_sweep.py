@@ -150,3 +150,37 @@ def test_demo_table9_trials_build_the_five_projector_designs(tmp_path):
     assert projector["downsample_first"] == projector["ldp"]  # the same layers in another order
     assert len({i["parameters_by_part"]["llm"] for i in info.values()}) == 1
     assert len([s for s in plan.stages if s.startswith(("pretrain-", "sft-"))]) == 2  # shared by all five
+
+
+@pytest.mark.parametrize("arg, rows", [("demo", 3), ("size=1.4b,alpaca=data/alpaca.json", 5)])
+def test_table10_trials_pair_each_template_with_its_paper_row(tmp_path, arg, rows):
+    from mvlm_jax.sweep.paper_tables import paper_row
+
+    source = str(ROOT / "experiments" / "ablations" / "sft_paradigm.py") + ":" + arg
+    plan = make_plan(source, load_trials(source), tmp_path, with_info=False)
+    assert len(plan.trials) == rows
+    for name, planned in plan.trials.items():
+        template = "llava_llama_2" if name.endswith("llava_llama_2") else "vicuna_v1"
+        assert planned["paper"][1].endswith(template) and paper_row(planned["paper"]) is not None
+        stages = {stage: plan.stages[i] for stage, i in planned["stages"].items()}
+        assert stages["vlm2"].config["data"]["template"] == template
+        assert stages["vlm1"].config["data"]["template"] == "plain"
+        assert stages["eval"].config.get("template", "vicuna_v1") == template
+    # a template pair shares everything before VLM stage 2 and nothing after it
+    base, llama_2 = plan.trials["base"]["stages"], plan.trials["base-llava_llama_2"]["stages"]
+    assert base["vlm1"] == llama_2["vlm1"] and base["vlm2"] != llama_2["vlm2"] and base["eval"] != llama_2["eval"]
+    assert paper_row(plan.trials["base-llava_llama_2"]["paper"])["MME-P"] == 1111.5
+    if rows == 5:  # the Alpaca SFT is trained here, once for both templates, and is not the ShareGPT chain
+        alpaca, sharegpt = plan.trials["alpaca"]["stages"], plan.trials["sharegpt"]["stages"]
+        assert alpaca["sft"] == plan.trials["alpaca-llava_llama_2"]["stages"]["sft"] and "sft" not in sharegpt
+        assert plan.stages[alpaca["sft"]].config["data"]["files"] == ["data/alpaca.json"]
+        assert alpaca["vlm1"] != sharegpt["vlm1"]
+
+
+def test_eval_template_setting_is_checked_and_only_present_when_given():
+    from mvlm_jax.sweep.tasks import resolve_settings
+
+    assert "template" not in resolve_settings("eval", {}, "trial 't', stage 'eval'")  # keys of old stages stay
+    assert resolve_settings("eval", {"template": "llava_llama_2"}, "x")["template"] == "llava_llama_2"
+    with pytest.raises(SweepError, match="trial 't', stage 'eval': template 'llama_2'"):
+        resolve_settings("eval", {"template": "llama_2"}, "trial 't', stage 'eval'")

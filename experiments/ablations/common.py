@@ -34,26 +34,31 @@ def vlm_overrides(size, visual_tokens=144, **extra):
     return vlm1, vlm2
 
 
-def chain(size, args, vlm=None, visual_tokens=144, stage2="2", llm_from="sft", sft=None, vlm1=None, vlm2=None):
-    """The paper's chain at `size` with the VLM stages' `vlm` overrides (both stages)."""
+def chain(size, args, vlm=None, visual_tokens=144, stage2="2", llm_from="sft", sft=None, vlm1=None, vlm2=None,
+          eval=None, sft_from_base=False):
+    """The paper's chain at `size` with the VLM stages' `vlm` overrides (both stages); `eval` adds eval
+    settings (mvlm_jax/sweep/tasks.py). At paper scale the VLM stages start from the released chat LLM
+    (arg llm=DIR), or with `sft_from_base` from an SFT stage run here on the base LLM (arg base=DIR), or
+    with from=scratch from pretraining run here."""
     first, second = vlm_overrides(size, visual_tokens, **(vlm or {}))
     first.update(vlm1 or {})
     second.update(vlm2 or {})
     if size in SMALL:
         few = {"train.total_steps": 2, "eval.every": 0} if size == "tiny" else {}
         return mobilevlm_chain(size, pretrain=few, sft={**few, **(sft or {})}, vlm1=first, vlm2=second, stage2=stage2,
-                               llm_from=llm_from, eval={"questions": 6 if size == "tiny" else 300},
+                               llm_from=llm_from, eval={"questions": 6 if size == "tiny" else 300, **(eval or {})},
                                edge={"new_tokens": 8 if size == "tiny" else 256})
     data = {"pt": args.get("pt", "data/blip_laion_cc_sbu_558k.json"), "it": args.get("it", "data/llava_v1_5_mix665k.json"),
             "images": args.get("images", "data/images")}
     first.update({"data.files": (data["pt"],), "data.image_root": data["images"]})
     second.update({"data.files": (data["it"],), "data.image_root": data["images"]})
     start = {} if args.get("from") == "scratch" else {"sft": args.get("llm", f"ckpt/MobileLLaMA-{size.upper()}-Chat")}
-    if llm_from == "pretrain":
+    if llm_from == "pretrain" or (sft_from_base and args.get("from") != "scratch"):
         start = {"pretrain": args.get("base", f"ckpt/MobileLLaMA-{size.upper()}-Base")}
     slurm = {"nodes": int(args.get("nodes", 1)), "gpus_per_node": int(args.get("gpus", 8)), "time_min": 600}
     return mobilevlm_chain(size, sft=sft, vlm1=first, vlm2=second, stage2=stage2, llm_from=llm_from, start_from=start,
-                           eval={"benchmarks": "all", "questions": 0, "data_root": args.get("bench", "benchmark_data")},
+                           eval={"benchmarks": "all", "questions": 0, "data_root": args.get("bench", "benchmark_data"),
+                                 **(eval or {})},
                            resources={"vlm1": slurm, "vlm2": slurm, "sft": slurm, "pretrain": slurm})
 
 

@@ -41,11 +41,13 @@ def forget_stale_outputs(workdir: Path, model_dir: Path, settings: Any) -> None:
     write_json(path, stamp)
 
 
-def answer_and_score(model_dir: Path, data_root: Path, out: Path, questions: int) -> dict[str, dict]:
-    """The model's and the blind model's answers, the most-frequent-answer baseline; their scores."""
+def answer_and_score(model_dir: Path, data_root: Path, out: Path, questions: int,
+                     template: str = "vicuna_v1") -> dict[str, dict]:
+    """The model's and the blind model's answers (prompts in `template`), the most-frequent-answer
+    baseline; their scores."""
     from mvlm_jax.eval.answerers import JaxAnswerer
 
-    answerer = JaxAnswerer.from_checkpoint(model_dir, batch_size=BATCH_SIZE)
+    answerer = JaxAnswerer.from_checkpoint(model_dir, batch_size=BATCH_SIZE, template=template)
     benchmark.check_files([BENCHMARK], data_root)
     asked = benchmark.module(BENCHMARK).questions(data_root)[:questions]
     runner.answer_benchmark(BENCHMARK, asked, out, answerer, runner.MODEL_RUN)

@@ -1,6 +1,7 @@
 """Who answers: a checkpoint through the JAX KV-cache engine, or GGUF files through llama.cpp.
 
-Both build the official prompt the same way: the vicuna_v1 template with "<image>\\n" put in front of the
+Both build the official prompt the same way: the conversation template (vicuna_v1 by default; llava_llama_2
+for a model trained in it, as the official eval's --conv-mode) with "<image>\\n" put in front of the
 question text (the official generators prepend it to the raw text, without stripping it), the text split
 at "<image>" and each chunk tokenized on its own with BOS on the first chunk only (MobileVLM's
 tokenizer_image_token), greedy decoding up to the benchmark's max_new_tokens, stop at EOS, then the
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import images as clip_images
-from data_pipelines.templates import IMAGE_PLACEHOLDER
+from data_pipelines.templates import CHAT_TEMPLATES, IMAGE_PLACEHOLDER
 from mvlm_jax.eval.benchmark import Question
 
 
@@ -52,6 +53,18 @@ def turns(question: Question, blind: bool) -> list[dict]:
     """The user turn: "<image>\\n" + the question text as the official generators build it."""
     with_image = question.has_image and not blind
     return [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question.text}" if with_image else question.text}]
+
+
+def check_template(template: str) -> str:
+    if template not in CHAT_TEMPLATES:
+        raise ValueError(f"template {template!r}: expected one of {', '.join(CHAT_TEMPLATES)}")
+    return template
+
+
+def template_suffix(template: str) -> str:
+    """Part of a run's fingerprint (a resumed run must keep its prompts); "" for the default vicuna_v1, so
+    the fingerprints of runs recorded before templates could be chosen stay valid."""
+    return "" if template == "vicuna_v1" else f"-{template}"
 
 
 def open_image(question: Question) -> Image.Image:
@@ -104,9 +117,9 @@ class JaxAnswerer:
     padded, so one shape compiles), rows split over `devices`, a KV cache as long as the batch needs."""
 
     def __init__(self, config, params, tokenizer, model_id: str, fingerprint: str, batch_size: int = 16,
-                 devices=None, dtype: str | None = None):
+                 devices=None, dtype: str | None = None, template: str = "vicuna_v1"):
         """config: a VLMConfig; params: its parameter tree (host or device arrays); tokenizer: the
-        data_pipelines.tokenizer.Tokenizer it was trained with."""
+        data_pipelines.tokenizer.Tokenizer it was trained with; template: its chat template."""
         import jax
 
         from mvlm_jax.models.config import VLMConfig
@@ -122,11 +135,12 @@ class JaxAnswerer:
         self.generators: dict = {}  # cache length -> Generator (compiled functions are shared by all)
         self.image_size = config.vision.image_size
         self.batch_size = -(-batch_size // len(self.devices)) * len(self.devices)  # whole rows per device
-        self.fingerprint = f"{fingerprint}-{self.config.llm.dtype}"
+        self.template = check_template(template)
+        self.fingerprint = f"{fingerprint}-{self.config.llm.dtype}" + template_suffix(template)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | os.PathLike, batch_size: int = 16, devices=None, tokenizer=None,
-                        dtype: str | None = None) -> "JaxAnswerer":
+                        dtype: str | None = None, template: str = "vicuna_v1") -> "JaxAnswerer":
         from mvlm_jax.checkpoint import load_model
         from mvlm_jax.generate.prompts import find_tokenizer
 
@@ -135,7 +149,7 @@ class JaxAnswerer:
         if model_id == "model":  # a training run's output: name it after the run
             model_id = Path(ckpt).absolute().parent.name
         return cls(config, params, find_tokenizer(ckpt, tokenizer), model_id,
-                   file_fingerprint(Path(ckpt) / "model_config.json"), batch_size, devices, dtype)
+                   file_fingerprint(Path(ckpt) / "model_config.json"), batch_size, devices, dtype, template)
 
     def generator(self, positions: int):
         """A Generator whose cache holds `positions` slots, rounded up to a power of two of at least
@@ -153,7 +167,7 @@ class JaxAnswerer:
     def prompt_ids(self, question: Question, blind: bool) -> np.ndarray:
         from data_pipelines.templates import generation_prompt
 
-        return generation_prompt(self.tokenizer, turns(question, blind))
+        return generation_prompt(self.tokenizer, turns(question, blind), template=self.template)
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         from mvlm_jax.generate.engine import Request
@@ -192,7 +206,7 @@ class LlamaCppAnswerer:
     batch_size = 1
 
     def __init__(self, gguf: str | os.PathLike, mmproj: str | os.PathLike, max_new_tokens: int = 1024,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, template: str = "vicuna_v1"):
         import gguf as gguf_reader
 
         from mvlm_jax.edge.llamacpp import LlamaCppModel
@@ -211,13 +225,14 @@ class LlamaCppAnswerer:
         self.runtime = LlamaCppModel(gguf, mmproj, n_ctx=n_ctx, n_threads=n_threads)
         self.eos_id = self.runtime.llm.token_eos()
         self.model_id = Path(gguf).stem
-        self.fingerprint = file_fingerprint(gguf, mmproj)
+        self.template = check_template(template)
+        self.fingerprint = file_fingerprint(gguf, mmproj) + template_suffix(template)
 
     def segments(self, question: Question, blind: bool, pixels: np.ndarray | None) -> list:
         from mvlm_jax.edge.llamacpp import prompt_segments
         from mvlm_jax.generate.prompts import prompt_text
 
-        return prompt_segments(self.runtime, prompt_text(turns(question, blind), "vicuna_v1", has_image=False), pixels)
+        return prompt_segments(self.runtime, prompt_text(turns(question, blind), self.template, has_image=False), pixels)
 
     def answer(self, questions: Sequence[Question], max_new_tokens: int, blind: bool) -> list[Answer]:
         out = []

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from data_pipelines.templates import CHAT_TEMPLATES
 from mvlm_jax.atomic import atomic_file
 
 
@@ -39,6 +40,8 @@ def _vlm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="compute dtype of the checkpoint (default: its own; the official runs use float16)")
     parser.add_argument("--tokenizer", help="SentencePiece model, when the checkpoint has none")
+    parser.add_argument("--template", default="vicuna_v1", choices=CHAT_TEMPLATES, help="the conversation "
+                        "template the model was trained in (config.data.template of VLM stage 2)")
     parser.add_argument("--no-blind", action="store_true", help="skip the blind (image withheld) baseline")
     parser.add_argument("--distributed", action="store_true",
                         help="jax.distributed.initialize() first (SLURM and other clusters are auto-detected); "
@@ -85,12 +88,12 @@ def _run_vlm(args: argparse.Namespace) -> int:
             raise ValueError(f"--devices {args.devices}: this process has {len(local)} local device(s)")
         jax_answerer = JaxAnswerer.from_checkpoint(args.ckpt, batch_size=args.batch_size,
                                                    devices=local[:args.devices], tokenizer=args.tokenizer,
-                                                   dtype=args.dtype)
+                                                   dtype=args.dtype, template=args.template)
     if args.gguf:
         from mvlm_jax.eval.answerers import LlamaCppAnswerer
 
         longest = args.max_new_tokens or max(benchmark.module(name).MAX_NEW_TOKENS for name in names)
-        gguf_answerer = LlamaCppAnswerer(args.gguf, args.mmproj, max_new_tokens=longest)
+        gguf_answerer = LlamaCppAnswerer(args.gguf, args.mmproj, max_new_tokens=longest, template=args.template)
     try:
         for name in names:
             questions = benchmark.module(name).questions(data_root)[:args.limit]  # once for every run

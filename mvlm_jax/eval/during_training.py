@@ -51,6 +51,7 @@ def benchmark_hook(config: ml_collections.ConfigDict, model_config, workdir: str
     def run(context: StepContext) -> None:
         from mvlm_jax.eval import report, runner
         from mvlm_jax.eval.answerers import JaxAnswerer
+        from data_pipelines.templates import CHAT_TEMPLATES
         from data_pipelines.tokenizer import Tokenizer
 
         params = context.params
@@ -58,8 +59,9 @@ def benchmark_hook(config: ml_collections.ConfigDict, model_config, workdir: str
             from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
         params = jax.tree.map(np.asarray, jax.device_get(params))
+        template = config.data.template if config.data.template in CHAT_TEMPLATES else "vicuna_v1"  # not "plain"
         answerer = JaxAnswerer(model_config, params, Tokenizer(config.data.tokenizer), f"step-{context.step}",
-                               f"{workdir.name}-step-{context.step}", batch_size=settings.batch_size)
+                               f"{workdir.name}-step-{context.step}", batch_size=settings.batch_size, template=template)
         out = workdir / "eval" / f"step_{context.step:07d}"
 
         def answer(out: Path) -> None:

@@ -29,15 +29,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "export": {"types": ("q4_k_s",), "name": "model"},
     "edge": {"type": "q4_k_s", "new_tokens": 256, "threads": 0},
 }
+# settings that may be given but are not filled in: a default added to DEFAULTS would change the key of
+# every stage already run (keys hash the resolved settings)
+OPTIONAL: dict[str, dict[str, Any]] = {"eval": {"template": "vicuna_v1"}}  # the model's conversation template
 RESULT_FILE = "result.json"
 
 
 def resolve_settings(kind: str, overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
     """DEFAULTS[kind] with `overrides`, checked; errors name `where` and the key."""
-    settings = dict(DEFAULTS[kind])
+    settings, optional = dict(DEFAULTS[kind]), OPTIONAL.get(kind, {})
     for key, value in overrides.items():
-        if key not in settings:
-            raise SweepError(f"{where}: unknown {kind} setting {key!r}; expected some of {sorted(settings)}")
+        if key not in settings and key not in optional:
+            raise SweepError(f"{where}: unknown {kind} setting {key!r}; expected some of {sorted({**settings, **optional})}")
         settings[key] = tuple(value) if isinstance(value, list) else value
     from mvlm_jax.export.gguf_io import FILE_TYPES
 
@@ -48,6 +51,10 @@ def resolve_settings(kind: str, overrides: Mapping[str, Any], where: str) -> dic
             parse_names(settings["benchmarks"])
             if int(settings["questions"]) < 0:
                 raise ValueError(f"questions {settings['questions']} < 0")
+            from data_pipelines.templates import CHAT_TEMPLATES
+
+            if settings.get("template", "vicuna_v1") not in CHAT_TEMPLATES:
+                raise ValueError(f"template {settings['template']!r}: expected one of {', '.join(CHAT_TEMPLATES)}")
         for file_type in settings.get("types", ()) + ((settings["type"],) if kind == "edge" else ()):
             if file_type not in FILE_TYPES:
                 raise ValueError(f"unknown GGUF type {file_type!r}; expected one of {sorted(FILE_TYPES)}")
@@ -75,7 +82,8 @@ def run_eval(settings: dict[str, Any], model_dir: Path, data_root: Path, out: Pa
     if names == ["demo_world"]:
         from mvlm_jax.demo import evaluate
 
-        scores = evaluate.answer_and_score(model_dir, data_root, out, settings["questions"] or 10**9)
+        scores = evaluate.answer_and_score(model_dir, data_root, out, settings["questions"] or 10**9,
+                                           settings.get("template", "vicuna_v1"))
         return {"scores": {"demo_world": scores["model"]["accuracy"]},
                 "baselines": {"image withheld": {"demo_world": scores["blind"]["accuracy"]},
                               "most frequent answer": {"demo_world": scores["most_frequent"]["accuracy"]}},
@@ -83,7 +91,7 @@ def run_eval(settings: dict[str, Any], model_dir: Path, data_root: Path, out: Pa
     from mvlm_jax.eval.cli import vlm_main
 
     argv = ["--ckpt", str(model_dir), "--benchmark", ",".join(names), "--data-root", str(data_root), "--out", str(out),
-            "--batch-size", str(settings["batch_size"])]
+            "--batch-size", str(settings["batch_size"]), "--template", settings.get("template", "vicuna_v1")]
     if settings["questions"]:
         argv += ["--limit", str(settings["questions"])]
     if vlm_main(argv):
