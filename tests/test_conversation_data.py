@@ -235,7 +235,8 @@ def test_llava_llama_2_prompt_and_targets_match_the_official_code(world, has_ima
     assert list(tokenized.ids[tokenized.target]).count(tokenizer.eos_id) == 2 and tokenized.target[-1]
     answers = tokenizer.decode(tokenized.ids[tokenized.target & (tokenized.ids != tokenizer.eos_id)])
     assert answers == "A red circle.  No, it is small. "  # each answer's trailing "▁", then the next one's
-    assert list(tokenized.ids).count(tokenizer.bos_id) == 2 and not tokenized.target[tokenized.ids == tokenizer.bos_id].any()
+    bos = tokenized.ids == tokenizer.bos_id
+    assert bos.sum() == 2 and not tokenized.target[bos].any()
     assert tokenized.num_images == int(has_image)
 
 

@@ -6,8 +6,9 @@ VLM stage 2 (1.4B, LDP).
 
 Rows: the base LLM without SFT and, at paper scale with alpaca=FILE, the base LLM (base=DIR) after SFT on
 Alpaca trained here, each with the vicuna_v1 or the llava_llama_2 template in VLM stage 2 (and in its
-evaluation prompts); the released ShareGPT-SFT chat LLM (llm=DIR) with vicuna_v1, the baseline. Stage 1 keeps `plain` captions in every row, so a template pair shares its
-pretraining, SFT and stage-1 stages. The embedded world has no Alpaca-like file: the demo has 3 rows.
+evaluation prompts); the released ShareGPT-SFT chat LLM (llm=DIR) with vicuna_v1, the baseline. Stage 1
+keeps `plain` captions in every row, so a template pair shares its pretraining, SFT and stage-1 stages.
+The embedded world has no Alpaca-like file: the demo has 3 rows.
 """
 from experiments.ablations.common import SMALL, chain, scale, trial
 

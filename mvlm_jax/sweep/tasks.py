@@ -40,7 +40,8 @@ def resolve_settings(kind: str, overrides: Mapping[str, Any], where: str) -> dic
     settings, optional = dict(DEFAULTS[kind]), OPTIONAL.get(kind, {})
     for key, value in overrides.items():
         if key not in settings and key not in optional:
-            raise SweepError(f"{where}: unknown {kind} setting {key!r}; expected some of {sorted({**settings, **optional})}")
+            known = sorted({**settings, **optional})
+            raise SweepError(f"{where}: unknown {kind} setting {key!r}; expected some of {known}")
         settings[key] = tuple(value) if isinstance(value, list) else value
     from mvlm_jax.export.gguf_io import FILE_TYPES
 
