@@ -35,7 +35,8 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--slurm-partition")
     group.add_argument("--slurm-account")
     group.add_argument("--slurm-time-min", type=int, default=24 * 60, help="per part")
-    group.add_argument("--slurm-cpus-per-task", type=int, default=16, help="per part; its --workers is one less")
+    group.add_argument("--slurm-cpus-per-task", type=int, default=16, help="per part; its --workers is one less "
+                       "(submitit-local: each part has --workers)")
     group.add_argument("--slurm-mem-gb", type=int, default=32, help="per part")
 
 
@@ -96,7 +97,8 @@ def launch(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     out = os.path.abspath(args.out)
     folder = Path(out) / "slurm"
     job_folder = folder / "%j"  # submitit fills in the job id (and array index)
-    argv = part_argv(args, max(1, args.slurm_cpus_per_task - 1))
+    # a SLURM part has its own CPUs; local parts share this machine's (--workers each)
+    argv = part_argv(args, args.workers if args.launcher == "submitit-local" else max(1, args.slurm_cpus_per_task - 1))
     part_params, merge_params = _parameters(args)
     module = f"{shlex.quote(sys.executable)} -m"
     commands = [f"{{ID}}_{i - 1} {module} data_pipelines.shards {shlex.join([*argv, '--part', f'{i}/{args.parts}'])}"
