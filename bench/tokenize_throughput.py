@@ -1,0 +1,106 @@
+"""Corpus tokenization throughput per core, against bare SentencePiece, measured in one run.
+
+1. Bare SentencePiece: the documents' texts, already in memory, encoded in batches of 256 on one thread
+   (`encode(texts, num_threads=1)`): the floor of any tokenizing pipeline.
+2. `mvlm data shard` on one core (one part, --workers 1): reading the JSON lines, checking every record,
+   encoding, writing the token files and manifests. Goal: >= 0.8x bare SentencePiece.
+3. The same corpus as 2 parts (`--part 1/2`, `--part 2/2`) run at once on this machine, one core each,
+   against 1 part run alone, both as separate processes timed end to end. Goal: >= 1.7x.
+
+The corpus is the embedded corpus's documents, joined a few at a time (RedPajama documents are longer
+than its few sentences), written as one JSON-lines file and cut into units of --unit-mb.
+
+  python -m bench.tokenize_throughput [--mb 40] [--vocab-size 1000] [--unit-mb 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import append_result
+from data_pipelines.embedded import world
+from data_pipelines.tokenizer import Tokenizer, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(path: Path, megabytes: float, seed: int = 0) -> list[str]:
+    """JSON lines of about `megabytes` MB; returns the texts."""
+    rng = np.random.default_rng(seed)
+    texts, size = [], 0
+    with path.open("w") as handle:
+        while size < megabytes * 1e6:
+            text = " ".join(world.corpus_document(rng) for _ in range(int(rng.integers(4, 40))))
+            line = json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBench"}}) + "\n"
+            handle.write(line)
+            size += len(line.encode())
+            texts.append(text)
+    return texts
+
+
+def bare_sentencepiece_seconds(tokenizer: Tokenizer, texts: list[str], batch: int = 256) -> float:
+    start = time.perf_counter()
+    for offset in range(0, len(texts), batch):
+        tokenizer.processor.encode(texts[offset:offset + batch], num_threads=1)
+    return time.perf_counter() - start
+
+
+def shard_seconds(tokenizer: Path, corpus: Path, out: Path, parts: int, unit_bytes: int) -> float:
+    """Wall seconds of `parts` shard processes started together (one worker each), to the last one's end."""
+    command = [sys.executable, "-m", "data_pipelines.shards", "--tokenizer", str(tokenizer), "--input", str(corpus),
+               "--out", str(out), "--workers", "1", "--unit-bytes", str(unit_bytes)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    start = time.perf_counter()
+    running = [subprocess.Popen([*command, "--part", f"{i}/{parts}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+               for i in range(1, parts + 1)]
+    if any(process.wait() for process in running):
+        raise RuntimeError(f"a shard part failed: {command}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=40.0, help="corpus size (JSON lines)")
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--unit-mb", type=float, default=4.0)
+    parser.add_argument("--report", default="docs/PERFORMANCE.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mvlm-tokenize-bench-") as scratch:
+        scratch = Path(scratch)
+        corpus = scratch / "corpus.jsonl"
+        texts = write_corpus(corpus, args.mb)
+        megabytes = corpus.stat().st_size / 1e6
+        tokenizer = train_tokenizer(texts[:2000], args.vocab_size, scratch / "tok.model")
+        unit_bytes = int(args.unit_mb * 1e6)
+        bare = bare_sentencepiece_seconds(tokenizer, texts)
+        one = shard_seconds(tokenizer.path, corpus, scratch / "one", 1, unit_bytes)
+        two = shard_seconds(tokenizer.path, corpus, scratch / "two", 2, unit_bytes)
+        same = (scratch / "one" / "index.json").read_text().split('"skipped_by_part"')[0] == \
+            (scratch / "two" / "index.json").read_text().split('"skipped_by_part"')[0]
+        tokens = json.loads((scratch / "one" / "index.json").read_text())["total_tokens"]
+    load = os.getloadavg()[0]
+    lines = [f"| {megabytes:.0f} MB of JSON lines, {len(texts):,} documents, {tokens:,} tokens | seconds | MB/s | "
+             "ratio |", "|---|---|---|---|",
+             f"| bare SentencePiece batch encode, 1 thread (texts in memory) | {bare:.1f} | {megabytes / bare:.1f} | 1.00 |",
+             f"| `mvlm data shard`, 1 part, 1 worker (1 core) | {one:.1f} | {megabytes / one:.1f} | "
+             f"{bare / one:.2f} of SentencePiece |",
+             f"| `mvlm data shard`, 2 parts at once, 1 worker each (2 cores) | {two:.1f} | {megabytes / two:.1f} | "
+             f"{one / two:.2f}x 1 part |",
+             "", f"The 2-part dataset's index.json lists the same files and counts as the 1-part one: {same}."]
+    print("\n".join(lines))
+    append_result(Path(args.report), "Corpus tokenization per core", "python -m bench.tokenize_throughput", lines,
+                  note=f"SentencePiece BPE, {args.vocab_size} pieces; units of {args.unit_mb:g} MB; the shard runs "
+                       f"are separate processes timed end to end (start-up included); 1-minute load average "
+                       f"{load:.2f} after the run (other jobs share this machine).")
+
+
+if __name__ == "__main__":
+    main()
