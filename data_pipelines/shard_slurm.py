@@ -139,10 +139,7 @@ def launch(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
                 log(f"part {i}/{args.parts}: job failed: {str(error).strip().splitlines()[-1] if str(error) else error!r}")
         if failed:
             return 1
-        executor.update_parameters(timeout_min=30)
-        merge = executor.submit(run_merge, out, args.parts)
-        merge.result()
-        log(f"merged {out}")
+        run_merge(out, args.parts)  # here: a local job would only add a process start
         return 0
     merge_executor = submitit.SlurmExecutor(job_folder)
     merge_executor.update_parameters(**merge_params, dependency=f"afterok:{parts_id}")

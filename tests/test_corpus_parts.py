@@ -182,3 +182,19 @@ def test_parts_run_through_submitit_local_executor(corpus, one_and_three, tmp_pa
     index = json.loads((tmp_path / "local" / "index.json").read_text())
     assert index["parts"] == 2
     assert index["files"] == json.loads((one_and_three[0] / "index.json").read_text())["files"]
+
+
+def test_byte_ranges_tile_a_file_at_every_cut(tmp_path):
+    """Ranges of any size read every line once, in order, with the file's own line numbers."""
+    from data_pipelines.records import Record, iter_records, line_base
+
+    lines = ['{"text": "a"}', "", '{"text": "bb"}', "{bad", '{"text": "ccc"}', '{"text": "d"}']
+    path = tmp_path / "f.jsonl"
+    path.write_text("\ufeff" + "\n".join(lines) + "\n")
+    whole = [(item.line, getattr(item, "data", None)) for item in iter_records(path)]
+    size = path.stat().st_size
+    for unit in range(1, size + 2):
+        tiled = [(item.line + line_base(path, start), getattr(item, "data", None))
+                 for start in range(0, size, unit) for item in iter_records(path, (start, min(start + unit, size)))]
+        assert tiled == whole, unit
+    assert [line for line, data in whole] == [1, 3, 4, 5, 6] and isinstance(next(iter_records(path)), Record)
