@@ -1,7 +1,8 @@
 """Corpus tokenization throughput per core, against bare SentencePiece, measured in one run.
 
 1. Bare SentencePiece: the documents' texts, already in memory, encoded in batches of 256 on one thread
-   (`encode(texts, num_threads=1)`): the floor of any tokenizing pipeline.
+   (`encode(texts, num_threads=1, out_type="numpy")`): the floor of any tokenizing pipeline; and the same
+   in 2 processes at once, each on half the texts: the scaling this machine's cores allow.
 2. `mvlm data shard` on one core (one part, --workers 1): reading the JSON lines, checking every record,
    encoding, writing the token files and manifests. Goal: >= 0.8x bare SentencePiece.
 3. The same corpus as 2 parts (`--part 1/2`, `--part 2/2`) run at once on this machine, one core each,
@@ -47,10 +48,28 @@ def write_corpus(path: Path, megabytes: float, seed: int = 0) -> list[str]:
 
 
 def bare_sentencepiece_seconds(tokenizer: Tokenizer, texts: list[str], batch: int = 256) -> float:
+    """One thread, numpy output (SentencePiece's fastest: no Python list of ints per document)."""
     start = time.perf_counter()
     for offset in range(0, len(texts), batch):
-        tokenizer.processor.encode(texts[offset:offset + batch], num_threads=1)
+        tokenizer.processor.encode(texts[offset:offset + batch], num_threads=1, out_type="numpy")
     return time.perf_counter() - start
+
+
+def _encode_share(args: tuple[Tokenizer, list[str]]) -> float:
+    return bare_sentencepiece_seconds(*args)
+
+
+def bare_parallel_seconds(tokenizer: Tokenizer, texts: list[str], processes: int) -> float:
+    """Bare SentencePiece in `processes` warm processes at once, each on a contiguous share: what this
+    machine's cores allow the same work, so the parts' scaling has a ceiling to be read against."""
+    import multiprocessing
+
+    shares = [(tokenizer, texts[i * len(texts) // processes:(i + 1) * len(texts) // processes]) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_encode_share, [(tokenizer, texts[:10])] * processes)  # started and warm
+        start = time.perf_counter()
+        pool.map(_encode_share, shares, chunksize=1)
+        return time.perf_counter() - start
 
 
 def shard_seconds(tokenizer: Path, corpus: Path, out: Path, parts: int, unit_bytes: int) -> float:
@@ -81,6 +100,7 @@ def main() -> None:
         tokenizer = train_tokenizer(texts[:2000], args.vocab_size, scratch / "tok.model")
         unit_bytes = int(args.unit_mb * 1e6)
         bare = bare_sentencepiece_seconds(tokenizer, texts)
+        bare_two = bare_parallel_seconds(tokenizer, texts, 2)
         one = shard_seconds(tokenizer.path, corpus, scratch / "one", 1, unit_bytes)
         two = shard_seconds(tokenizer.path, corpus, scratch / "two", 2, unit_bytes)
         same = (scratch / "one" / "index.json").read_text().split('"skipped_by_part"')[0] == \
@@ -90,6 +110,8 @@ def main() -> None:
     lines = [f"| {megabytes:.0f} MB of JSON lines, {len(texts):,} documents, {tokens:,} tokens | seconds | MB/s | "
              "ratio |", "|---|---|---|---|",
              f"| bare SentencePiece batch encode, 1 thread (texts in memory) | {bare:.1f} | {megabytes / bare:.1f} | 1.00 |",
+             f"| bare SentencePiece, 2 processes at once (2 cores) | {bare_two:.1f} | {megabytes / bare_two:.1f} | "
+             f"{bare / bare_two:.2f}x 1 process |",
              f"| `mvlm data shard`, 1 part, 1 worker (1 core) | {one:.1f} | {megabytes / one:.1f} | "
              f"{bare / one:.2f} of SentencePiece |",
              f"| `mvlm data shard`, 2 parts at once, 1 worker each (2 cores) | {two:.1f} | {megabytes / two:.1f} | "
