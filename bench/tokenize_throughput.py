@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--unit-mb", type=float, default=4.0)
     parser.add_argument("--report", default="docs/PERFORMANCE.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mvlm-tokenize-bench-") as scratch:
         scratch = Path(scratch)
         corpus = scratch / "corpus.jsonl"
@@ -121,7 +122,8 @@ def main() -> None:
     append_result(Path(args.report), "Corpus tokenization per core", "python -m bench.tokenize_throughput", lines,
                   note=f"SentencePiece BPE, {args.vocab_size} pieces; units of {args.unit_mb:g} MB; the shard runs "
                        f"are separate processes timed end to end (start-up included); 1-minute load average "
-                       f"{load:.2f} after the run (other jobs share this machine).")
+                       f"{load_before:.2f} before and {load:.2f} after the run (other jobs share this machine: the "
+                       "2-process SentencePiece row is the scaling its free cores allowed).")
 
 
 if __name__ == "__main__":
