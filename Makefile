@@ -37,6 +37,7 @@ bench: $(ENV)
 	$(PY) -m bench.convert_memory --size 2.7b
 	$(PY) -m bench.restore --size 2.7b --dtype bfloat16
 	$(PY) -m bench.data_throughput
+	$(PY) -m bench.tokenize_throughput
 	$(PY) -m bench.packing
 	$(PY) -m bench.conversation_start --samples 50000
 	$(PY) -m bench.train_throughput

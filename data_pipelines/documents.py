@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from data_pipelines.records import Problem, Record, iter_records
+from data_pipelines.records import Problem, Record, iter_records, line_base
 from data_pipelines.validate import SkipReport, check_text
 
 TFDS_PREFIX = "tfds:"
@@ -19,7 +19,7 @@ TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".jso
 class Document:
     text: str
     source: str  # corpus part (RedPajama's set name when present), for the shard index and mixtures
-    origin: str  # "file:line", for messages
+    origin: str  # "file:line" (in a byte range of a file: "file@start:line-in-range"), for messages
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -58,8 +58,25 @@ def _tfds_documents(spec: str) -> Iterator[Document]:
         yield Document(text.decode("utf-8") if isinstance(text, bytes) else text, name.split("/")[0], f"{spec}#{index}")
 
 
-def iter_file_documents(path: str, report: SkipReport) -> Iterator[Document]:
-    """Documents of one input; bad records are counted in `report`, never silently dropped."""
+class _FileLines:
+    """Turns the line numbers of a byte range into the file's, counting the lines before the range only
+    when a problem needs them (problems are rare; counting means reading the file up to the range)."""
+
+    def __init__(self, path: str, start: int):
+        self.path, self.start, self._base = path, start, None
+
+    def problem(self, problem: Problem) -> Problem:
+        if self.start == 0:
+            return problem
+        if self._base is None:
+            self._base = line_base(self.path, self.start)
+        return dataclasses.replace(problem, line=problem.line + self._base)
+
+
+def iter_file_documents(path: str, report: SkipReport, byte_range: tuple[int, int] | None = None,
+                        ) -> Iterator[Document]:
+    """Documents of one input (of its lines starting in `byte_range`, for uncompressed JSON lines); bad
+    records are counted in `report` with the file's line numbers, never silently dropped."""
     if path.startswith(TFDS_PREFIX):
         yield from _tfds_documents(path)
         return
@@ -70,16 +87,18 @@ def iter_file_documents(path: str, report: SkipReport) -> Iterator[Document]:
             report.add(Problem(path, 1, "non_utf8", f"byte {error.start} is not UTF-8"))
         return
     default_source = Path(path).name.split(".")[0]
-    for item in iter_records(path):
+    lines = _FileLines(path, byte_range[0] if byte_range else 0)
+    where = f"{path}@{lines.start}" if lines.start else path
+    for item in iter_records(path, byte_range):
         if isinstance(item, Problem):
-            report.add(item)
+            report.add(lines.problem(item))
             continue
         problems = check_text(item)
         if problems:
             for problem in problems:
-                report.add(problem)
+                report.add(lines.problem(problem))
             continue
-        yield Document(item.data["text"], _source_of(item.data, default_source), f"{item.path}:{item.line}")
+        yield Document(item.data["text"], _source_of(item.data, default_source), f"{where}:{item.line}")
 
 
 def iter_documents(inputs: Sequence[str], report: SkipReport | None = None) -> Iterator[Document]:

@@ -145,8 +145,12 @@ class _ZstdRaw(io.RawIOBase):
 _STREAM_ERRORS = (OSError, EOFError, zstandard.ZstdError)
 
 
-def iter_records(path: str | Path) -> Iterator[Record | Problem]:
+def iter_records(path: str | Path, byte_range: tuple[int, int] | None = None) -> Iterator[Record | Problem]:
     """Yield each record of `path` as a Record, and each unreadable part as a Problem, in file order.
+
+    byte_range (uncompressed JSON lines only): just the lines whose first byte lies in [start, end), so
+    that ranges which tile a file read every line exactly once. Lines are then numbered from 1 at the
+    range's first line (`line_base` turns them into the file's numbers).
 
     Raises FileNotFoundError / IsADirectoryError / UnsupportedFileError at call time (not at the first
     next()) so a CLI can report a bad argument before reading anything.
@@ -157,22 +161,61 @@ def iter_records(path: str | Path) -> Iterator[Record | Problem]:
         raise FileNotFoundError(f"{path}: no such file")
     if not p.is_file():
         raise IsADirectoryError(f"{path}: not a regular file")
+    if byte_range is not None and (layout, compression) != ("jsonl", None):
+        raise UnsupportedFileError(f"{path}: only uncompressed JSON lines can be read by byte range")
     if layout == "jsonl":
-        return _iter_jsonl(p, str(path), compression)
+        return _iter_jsonl(p, str(path), compression, byte_range)
     return _iter_whole(p, str(path), layout, compression)
 
 
-def _iter_jsonl(p: Path, name: str, compression: str | None) -> Iterator[Record | Problem]:
+def splittable(path: str | Path) -> bool:
+    """Whether `path` can be read by byte range (uncompressed JSON lines: lines can be found by seeking)."""
+    try:
+        return file_layout(path) == ("jsonl", None)
+    except UnsupportedFileError:
+        return False
+
+
+def line_base(path: str | Path, start: int) -> int:
+    """The file's number of the first line starting at or after byte `start`, minus one: what to add to
+    a byte-range line number. Reads the file up to `start`, so callers compute it only when needed."""
+    if start == 0:
+        return 0
+    count, left = 0, start - 1  # the line holding byte start - 1 ends before the range's first line
+    with open(path, "rb") as fh:
+        while left > 0 and (block := fh.read(min(left, 1 << 24))):
+            count += block.count(b"\n")
+            left -= len(block)
+    return count + 1
+
+
+def _range_lines(fh: IO[bytes], start: int, end: int) -> Iterator[bytes]:
+    """The lines of `fh` whose first byte lies in [start, end)."""
+    pos = 0
+    if start > 0:
+        fh.seek(start - 1)
+        pos = start - 1 + len(fh.readline())  # the rest of a line that began before the range
+    for raw in fh:
+        if pos >= end:
+            return
+        pos += len(raw)
+        yield raw
+
+
+def _iter_jsonl(p: Path, name: str, compression: str | None,
+                byte_range: tuple[int, int] | None = None) -> Iterator[Record | Problem]:
     lineno = 0
     try:
         with _open_binary(p, compression) as fh:
-            for lineno, raw in enumerate(fh, start=1):
+            lines = fh if byte_range is None else _range_lines(fh, *byte_range)
+            first = byte_range is None or byte_range[0] == 0
+            for lineno, raw in enumerate(lines, start=1):
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     yield Problem(name, lineno, NON_UTF8, f"byte 0x{raw[e.start]:02x} at column {e.start + 1}")
                     continue
-                if lineno == 1:
+                if lineno == 1 and first:
                     text = text.removeprefix("\ufeff")  # a BOM is not part of the first record
                 if not text.strip():
                     continue  # blank lines (often a trailing one) are not records

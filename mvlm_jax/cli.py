@@ -21,6 +21,7 @@ COMMANDS = {
     "eval lm": ("mvlm_jax.eval.lm_cli:main", "language benchmarks through lm-evaluation-harness"),
     "data tokenizer": ("data_pipelines.tokenizer", "train a LLaMA-2-style SentencePiece tokenizer"),
     "data shard": ("data_pipelines.shards", "tokenize corpora into memory-mapped token shards"),
+    "data merge": ("data_pipelines.shard_index", "merge the parts of a sharded corpus into its index.json"),
     "data check": ("data_pipelines.check", "validate a llava / sharegpt / text dataset file"),
     "data embedded": ("data_pipelines.embedded.generate", "generate the embedded default dataset"),
     "data shuffle-images": ("data_pipelines.shuffle_images", "the image-shuffled control of a LLaVA file"),

@@ -247,24 +247,36 @@ def test_command_line_from_embedded_corpus_to_shards(tmp_path):
         "tokens": index["total_tokens"], "documents": 120}}
 
 
-def test_tfds_inputs_go_through_tfds_data_source(corpus, tmp_path, monkeypatch):
-    """tensorflow-datasets is an optional extra and no dataset is prepared here: a stand-in module with
-    tfds's `data_source(name, split=...)` API checks how specs are parsed and records become documents."""
-    import sys
-    import types
+def test_tfds_dataset_prepared_to_array_record_shards_through_the_command_line(corpus, tmp_path, monkeypatch):
+    """A real tensorflow-datasets builder, prepared to ArrayRecord in a temporary TFDS_DATA_DIR, read back by
+    name through tfds.data_source (no TensorFlow needed) by `mvlm data shard --input tfds:NAME:SPLIT`."""
+    import tensorflow_datasets as tfds  # in the test extra
     _, tokenizer, docs = corpus
-    calls = []
 
-    def data_source(name, split):
-        calls.append((name, split))
-        return [{"text": docs[0].encode()}, {"text": docs[1]}]
+    class MvlmTinyCorpus(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
 
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
-    index = write_shards(["tfds:c4/en:validation"], tokenizer, tmp_path / "tfds", workers=1, progress=False)
-    assert calls == [("c4/en", "validation")]
-    assert index["sources"] == {"c4": {"tokens": index["total_tokens"], "documents": 2}}
-    stream = np.fromfile(tmp_path / "tfds" / index["files"][0]["name"], np.uint16)
-    np.testing.assert_array_equal(stream, tokenizer.encode(docs[0]) + [2] + tokenizer.encode(docs[1]) + [2])
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(docs[:5]), "validation": self._generate_examples(docs[5:8])}
+
+        def _generate_examples(self, texts):
+            for i, text in enumerate(texts):
+                yield i, {"text": text}
+
+    MvlmTinyCorpus(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    assert shards_main(["--tokenizer", str(tokenizer.path), "--input", "tfds:mvlm_tiny_corpus:validation",
+                        "--out", str(tmp_path / "shards"), "--workers", "1"]) == 0
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    assert index["sources"] == {"mvlm_tiny_corpus": {"tokens": index["total_tokens"], "documents": 3}}
+    stream = np.concatenate([np.fromfile(tmp_path / "shards" / f["name"], np.uint16) for f in index["files"]])
+    source = tfds.data_source("mvlm_tiny_corpus", split="validation")
+    order = [source[i]["text"].decode() for i in range(len(source))]  # ArrayRecord keeps tfds's shuffled order
+    assert sorted(order) == sorted(docs[5:8])
+    np.testing.assert_array_equal(stream, np.concatenate([tokenizer.encode(d) + [2] for d in order]))
 
 
 def test_finite_epochs_give_every_process_the_same_number_of_steps(shards):
