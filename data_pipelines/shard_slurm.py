@@ -49,11 +49,10 @@ def part_argv(args: argparse.Namespace, workers: int) -> list[str]:
     return argv + (["--bos"] if args.bos else [])
 
 
-def run_part(argv: list[str], part: int, parts: int) -> None:
-    """What an array task runs; raises on failure, so that `afterok` holds the merge back."""
-    from data_pipelines.shards import main
-
-    if main([*argv, "--part", f"{part}/{parts}"]) != 0:
+def run_part(shard_main: Callable[[list[str]], int], argv: list[str], part: int, parts: int) -> None:
+    """What an array task runs (`shard_main`: data_pipelines.shards.main, handed in by its caller so that this
+    module does not import it back); raises on failure, so that `afterok` holds the merge back."""
+    if shard_main([*argv, "--part", f"{part}/{parts}"]) != 0:
         raise RuntimeError(f"part {part}/{parts} failed (its error is above in this job's log)")
 
 
@@ -83,8 +82,9 @@ def _parameters(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
     return part, merge
 
 
-def launch(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    """Submit (or, with --dry-run, write) the parts and the merge; returns an exit status."""
+def launch(args: argparse.Namespace, shard_main: Callable[[list[str]], int], log: Callable[[str], None] = print) -> int:
+    """Submit (or, with --dry-run, write) the parts, each running `shard_main` on its command line, and the
+    merge; returns an exit status."""
     import submitit
 
     from data_pipelines.documents import expand_inputs
@@ -126,7 +126,7 @@ def launch(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
         executor = submitit.SlurmExecutor(job_folder)
         executor.update_parameters(**part_params)
     with executor.batch():
-        jobs = [executor.submit(run_part, argv, i, args.parts) for i in range(1, args.parts + 1)]
+        jobs = [executor.submit(run_part, shard_main, argv, i, args.parts) for i in range(1, args.parts + 1)]
     parts_id = str(jobs[0].job_id).split("_")[0]
     log(f"parts: {'array of ' + str(args.parts) if args.parts > 1 else 'job'} {parts_id}")
     if args.launcher == "submitit-local":  # no dependencies locally: wait, then merge

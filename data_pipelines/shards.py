@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         if args.launcher != "none":
             from data_pipelines.shard_slurm import launch
 
-            return launch(args)
+            return launch(args, main)
         index = write_shards(expand_inputs(args.input), Tokenizer(args.tokenizer), args.out, workers=args.workers,
                              max_tokens_per_file=args.max_tokens_per_file, bos=args.bos, part=parse_part(args.part),
                              unit_bytes=args.unit_bytes)
