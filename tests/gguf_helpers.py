@@ -9,7 +9,7 @@ import numpy as np
 from data_pipelines.images import CLIP_MEAN, CLIP_STD
 from data_pipelines.tokenizer import train_tokenizer
 from mvlm_jax.checkpoint import save_model
-from mvlm_jax.models import init_params
+from jit_init import init_params
 from mvlm_jax.models.config import PROJECTOR_PRESETS, LlamaConfig, VisionConfig, VLMConfig
 
 TEXTS = [f"the cat number {i} sat on the mat and looked at {i * 7} dogs. USER: hello ASSISTANT: hi" for i in range(400)]
@@ -37,7 +37,7 @@ def vlm_config(projector: str = "ldp", class_token: bool = True) -> VLMConfig:
 
 def random_params(config, seed: int = 0, scale: float = 1.0):
     """Random parameters with larger-than-init weights, so that every tensor visibly matters."""
-    params = jax.tree.map(np.asarray, jax.jit(init_params, static_argnums=0)(config, jax.random.key(seed)))
+    params = jax.tree.map(np.asarray, init_params(config, jax.random.key(seed)))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda p: (p * scale + 0.01 * rng.standard_normal(p.shape)).astype(np.float32)
                         if p.ndim >= 2 else p, params)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.models.attention import (packed_layout, resolve, segment_attention, segment_causal_mask,
                                        splash_attention)
 from mvlm_jax.models.config import LLAMA_PRESETS

@@ -14,7 +14,8 @@ from data_pipelines.images import preprocess_file
 from data_pipelines.pretrain_pipeline import batch_hash
 from data_pipelines.templates import IMAGE_TOKEN, segments_for, tokenize
 from data_pipelines.tokenizer import Tokenizer, train_tokenizer
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.models.config import LlamaConfig
 
 

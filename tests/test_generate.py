@@ -20,7 +20,8 @@ from mvlm_jax.generate import Generator, Request, SamplingConfig
 from mvlm_jax.generate.cli import chat_main, generate_main
 from mvlm_jax.generate.prompts import chat_prompt, raw_prompt
 from mvlm_jax.generate.sampling import top_p_sample
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.models.config import LlamaConfig, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
 
 PROMPTS = [np.array([1, 5, 9, 22, 7]), np.array([1, 3]), np.arange(1, 24) % 97]
@@ -28,7 +29,7 @@ GREEDY = SamplingConfig(max_new_tokens=12)
 
 
 def jit_init(config, seed):
-    return jax.jit(init_params, static_argnums=0)(config, jax.random.key(seed))
+    return init_params(config, jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")

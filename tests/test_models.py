@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvlm_jax.models import abstract_params, build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import abstract_params, build_model
 from mvlm_jax.models import llama as llama_lib
 from mvlm_jax.models import vit as vit_lib
 from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, VLMConfig,

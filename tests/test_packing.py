@@ -14,7 +14,8 @@ from data_pipelines.embedded.prepare import prepare
 from data_pipelines.packing import pack_rows, packing_stats
 from data_pipelines.tokenizer import Tokenizer
 from experiments import vlm as vlm_experiment
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.train import setup
 from mvlm_jax.train.optimizer import schedule
 from mvlm_jax.train.experiment import model_config as parse_model, parse

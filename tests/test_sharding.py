@@ -87,7 +87,7 @@ def test_sharded_forward_equals_single_device(name):
     config = CONFIGS[name]
     model = build_model(config)
     init = lambda key: model.init(key, *example_inputs(config))["params"]  # noqa: E731
-    single_params = nn.unbox(init(jax.random.key(0)))
+    single_params = nn.unbox(jax.jit(init)(jax.random.key(0)))  # one compile, not one per op
     batch = batch_for(name, config)
     reference = np.asarray(jax.jit(lambda p, *b: model.apply({"params": p}, *b))(single_params, *batch))
 

@@ -186,7 +186,7 @@ def test_a_stage_trains_with_the_loss_its_config_chooses(runs, data, tmp_path):
     and not the plain loss the reference run logged for that batch."""
     import jax
 
-    from mvlm_jax.models import init_params
+    from jit_init import init_params
 
     config = pretrain_config(data, 0)
     config.train.total_steps = 1

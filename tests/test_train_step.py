@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
 from mvlm_jax.train.optimizer import OptimConfig, decay_mask, make_optimizer, schedule
 from mvlm_jax.train.partition import count, is_trainable, merge, split

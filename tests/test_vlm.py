@@ -19,7 +19,8 @@ from mvlm_jax.convert.hf import export_hf, import_hf, plan_import
 from mvlm_jax.convert.mapping import ConversionError
 from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, VLMConfig
 from mvlm_jax.checkpoint import save_model
-from mvlm_jax.models import build_model, init_params
+from jit_init import init_params
+from mvlm_jax.models import build_model
 from mvlm_jax.models.vlm import place_image_embeddings
 
 # The official LDPv2 pools to 12x12 whatever the grid; on this tiny 6x6 grid that means 144 tokens.
