@@ -140,3 +140,28 @@ def test_make_demo_and_test_create_the_environment_first(clone):
     os.utime(clone / "setup.cfg", (stamp.stat().st_mtime + 10,) * 2)
     assert creates in dry_run(clone, "demo")  # setup.cfg changed since: reinstall
     assert creates not in dry_run(clone, "test", "PY=/usr/bin/python3")  # another interpreter: nothing installed
+
+
+def test_libtpu_stays_quiet_on_a_machine_without_tpu_chips(monkeypatch):
+    """libtpu (installed for `make plan --topology`) printed five lines of metadata warnings and an E0000 error
+    at every JAX start on machines without TPU chips; importing mvlm_jax names a worker and a chip type first."""
+    from mvlm_jax import tpu_env
+
+    pytest.importorskip("libtpu")
+    if tpu_env.has_google_pci_device():
+        pytest.skip("a Google PCI device is present: the environment is left to libtpu")
+    clean = {k: v for k, v in os.environ.items() if k not in tpu_env.NO_TPU_ENV}
+    done = subprocess.run([sys.executable, "-c", "import mvlm_jax, jax; print(jax.devices()[0].platform)"],
+                          capture_output=True, text=True, env=clean, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "cpu", done.stderr
+    assert "TPU_ACCELERATOR_TYPE" not in done.stderr and "E0000" not in done.stderr, done.stderr
+    # a value the user set wins, and a machine with a Google device (a TPU VM) is left alone
+    for key in tpu_env.NO_TPU_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    tpu_env.quiet_libtpu_without_tpu()
+    assert os.environ["TPU_ACCELERATOR_TYPE"] == "v5p-8" and os.environ["TPU_WORKER_HOSTNAMES"] == "localhost"
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+    monkeypatch.setattr(tpu_env, "has_google_pci_device", lambda: True)
+    tpu_env.quiet_libtpu_without_tpu()
+    assert "TPU_WORKER_HOSTNAMES" not in os.environ

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from data_pipelines.errors import BadInput, user_errors
 from mvlm_jax.console import define_verbose_flag, library_logs, parse_flags
+from mvlm_jax.tpu_env import NO_TPU_ENV
 from mvlm_jax.train.roofline import CHIPS, Chip, roofline, whole_step_cost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file and argument", lock_config=True)
@@ -30,8 +31,7 @@ flags.mark_flags_as_required(["config"])
 
 GIB = 1 << 30
 # libtpu, loaded only to compile: no TPU VM metadata to look up, and other JAX processes may hold it too
-LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": "v5litepod-4",
-              "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+LIBTPU_ENV = {**NO_TPU_ENV, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 _OUT_OF_MEMORY = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
 
 
