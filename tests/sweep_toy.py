@@ -1,6 +1,7 @@
 """Toy sweeps for the tests: one-step stages of the tiny experiments.
 
-default  pretraining shared by two SFT trials, one of them broken (it does not fit the pretrained model)
+default  pretraining shared by three SFT trials: the baseline, another learning rate, and a broken one (it
+         does not fit the pretrained model)
 slurm    a 2-node pretraining, then two single-process SFT trials (one array) and an eval after one of them
 local    the same shape as one trial for submitit's local executor: a 2-node pretraining, then SFT
 chain    the paper's whole chain at tiny scale, eval, GGUF export and edge latency included
@@ -35,5 +36,6 @@ def sweep(arg=None):
     if arg == "local":
         return [Trial("only", (pretrain(TWO_NODES), sft()))]
     return [Trial("a", (pretrain(TWO_NODES), sft()), baseline=True),
+            Trial("lr", (pretrain(TWO_NODES), sft(**{"optim.learning_rate": 3e-3}))),
             # does not fit the pretrained checkpoint: fails when it starts
             Trial("broken", (pretrain(TWO_NODES), sft(**{"model.llm_overrides": {"num_layers": 3}})))]

@@ -1,4 +1,4 @@
-"""Sweeps: a toy sweep of two one-step trials sharing their pretraining stage, run by the local runner,
+"""Sweeps: a toy sweep of three one-step trials sharing their pretraining stage, run by the local runner,
 killed mid-stage and resumed (one sweep, shared by the tests of this module); bad input refused before
 anything runs; leases; the demo-scale Table 9 trials."""
 import contextlib
@@ -73,13 +73,13 @@ def toy(tmp_path_factory):
 def test_the_dry_run_shows_the_shared_prefix(toy):
     code, dry = toy["dry"]
     assert code == 0
-    assert "plan: 3 unique stages for 2 trials" in dry and "shared by 2 trials: a, broken" in dry
+    assert "plan: 4 unique stages for 3 trials" in dry and "shared by 3 trials: a, lr, broken" in dry
 
 
 def test_the_prefix_is_trained_once_and_not_again_after_the_kill(toy):
     ids, store = toy["ids"], toy["store"]
     pretrain = ids["a"]["pretrain"]
-    assert ids["broken"]["pretrain"] == pretrain  # one stage for both trials
+    assert ids["broken"]["pretrain"] == ids["lr"]["pretrain"] == pretrain  # one stage for the three trials
     assert toy["before"][pretrain]["status"] == DONE and toy["before"][toy["killed"]]["status"] == RUNNING
     assert store.read(pretrain) == toy["before"][pretrain]  # trained once, never again
     metrics = toy["workdir"] / "stages" / pretrain / "run" / "metrics.jsonl"
@@ -103,7 +103,8 @@ def test_the_report_has_a_row_per_trial_the_failed_log_and_figures(toy):
     workdir, ids = toy["workdir"], toy["ids"]
     results = json.loads((workdir / "results.json").read_text())
     rows = {r["trial"]: r for r in results["trials"]}
-    assert list(rows) == ["a", "broken"] and rows["a"]["baseline"] and rows["a"]["overrides"] == {}
+    assert list(rows) == ["a", "lr", "broken"] and rows["a"]["baseline"] and rows["a"]["overrides"] == {}
+    assert rows["lr"]["status"] == "done" and rows["lr"]["overrides"] == {"sft:optim.learning_rate": 3e-3}
     assert rows["a"]["status"] == "done" and rows["a"]["trained_tokens"] > 0 and rows["a"]["parameters"] > 0
     assert rows["broken"]["overrides"] == {"sft:model.llm_overrides": {"num_layers": 3}}
     failed = rows["broken"]["stages"]["sft"]
