@@ -1,5 +1,5 @@
 """GGUF files as written: every tensor read back equals the checkpoint in llama.cpp's layout, the metadata
-holds what llama.cpp reads (spec/gguf.md), the chat template renders our vicuna_v1 text, and bad input
+holds what llama.cpp reads (docs/EXPORT.md), the chat template renders our vicuna_v1 text, and bad input
 or an existing output is refused without losing anything."""
 import dataclasses
 
