@@ -186,30 +186,3 @@ def test_eval_template_setting_is_checked_and_only_present_when_given():
     with pytest.raises(SweepError, match="trial 't', stage 'eval': template 'llama_2'"):
         resolve_settings("eval", {"template": "llama_2"}, "trial 't', stage 'eval'")
 
-
-def test_the_whole_chain_runs_through_eval_export_and_edge_latency(tmp_path, monkeypatch):
-    """The paper's trial chain at tiny scale, end to end through the local runner: pretrain, SFT, VLM stages
-    1 and 2, the demo-world evaluation beside its baselines, the GGUF export that llama.cpp loads and the
-    edge latency measured on it (Table 5 protocol, the LLM alone: the tiny tower's 8x8 grid has no llama.cpp
-    LDP graph, which the report says)."""
-    import gguf
-
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    code, output = run_in_process(f"{TOY}:chain", "--workdir", str(tmp_path))
-    assert code == 0, output
-    (trial,) = json.loads((tmp_path / "results.json").read_text())["trials"]
-    assert {name: stage["status"] for name, stage in trial["stages"].items()} == {
-        name: DONE for name in ("pretrain", "sft", "vlm1", "vlm2", "eval", "export", "edge")}
-    eval_dir = tmp_path / "stages" / trial["stages"]["eval"]["id"]
-    answers = (eval_dir / "eval").rglob("answers.jsonl")
-    assert sum(len(path.read_text().splitlines()) for path in answers) >= 4  # the model's 4 questions, at least
-    assert set(trial["baselines"]) == {"image withheld", "most frequent answer"}
-    assert 0.0 <= trial["scores"]["demo_world"] <= 100.0
-    export = json.loads((tmp_path / "stages" / trial["stages"]["export"]["id"] / "result.json").read_text())
-    llm = gguf.GGUFReader(export["files"]["q4_k_s"]["llm"])  # a real GGUF, with the trained LLM's tensors
-    assert llm.fields["general.architecture"].contents() == "llama" and len(llm.tensors) > 0
-    assert "24x24" in trial["mmproj_error"] and export["files"]["q4_k_s"]["mmproj"] is None
-    edge = trial["edge"]
-    assert edge["gen_tokens_per_s"] > 0 and edge["prompt_tokens"] > 0 and edge["protocol"].startswith("lm")
-    report = (tmp_path / "report.md").read_text()
-    assert "| tiny |" in report and "24x24 patch grid" in report
