@@ -23,11 +23,11 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from data_pipelines.shard_slurm import render_sbatch  # one renderer for sweeps and corpus shards
 from mvlm_jax.sweep.execute import command, run_stage
 from mvlm_jax.sweep.plan import Plan, load_plan
 from mvlm_jax.sweep.state import BUSY, DONE, FAILED, RUNNING, StatusStore, new_owner
@@ -81,15 +81,6 @@ def slurm_parameters(resources: dict[str, Any], defaults: dict[str, Any]) -> dic
     if merged.get("mem_gb"):
         params["mem"] = f"{merged['mem_gb']}GB"
     return params
-
-
-def render_sbatch(folder: Path, params: dict[str, Any], array_size: int) -> str:
-    """The sbatch script SlurmExecutor would submit for these parameters (an array when array_size > 1)."""
-    from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer: the script is its script
-
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return _make_sbatch_string(command=command, folder=folder, **params,
-                               **({"map_count": array_size} if array_size > 1 else {}))
 
 
 def submit(plan: Plan, store: StatusStore, executor_kind: str = "slurm", dry_run: bool = False,
