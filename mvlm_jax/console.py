@@ -21,15 +21,26 @@ def define_verbose_flag() -> None:
         flags.DEFINE_bool("verbose", False, "show the libraries' INFO logs (orbax checkpointing, grain, jax)")
 
 
+# Warnings that say nothing is wrong: orbax logs this one at every single-process save of a model (it
+# looks for per-process OCDBT parts to merge and finds none, as expected when one process wrote them all).
+BENIGN_WARNINGS = ("Skipping merge of OCDBT checkpoints",)
+
+
+def _not_benign(record: logging.LogRecord) -> bool:
+    return not any(text in str(record.msg) for text in BENIGN_WARNINGS)
+
+
 def library_logs(verbose: bool = False) -> None:
-    """Library logs at INFO with `verbose`, else at WARNING (warnings and errors still show). Under absl's
-    app.run an explicit --verbosity wins."""
+    """Library logs at INFO with `verbose`, else at WARNING (warnings and errors still show, except the
+    BENIGN_WARNINGS). Under absl's app.run an explicit --verbosity wins."""
     from absl import flags
     from absl import logging as absl_logging
 
     if flags.FLAGS.is_parsed() and "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
         return
     level = logging.INFO if verbose else logging.WARNING
+    if not verbose and _not_benign not in logging.getLogger("absl").filters:
+        logging.getLogger("absl").addFilter(_not_benign)
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)  # absl's own logger
     logging.getLogger().setLevel(level)  # every other library's logger defers to the root's level
 
