@@ -12,6 +12,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 # The example cache (data_pipelines/example_cache.py) of the test session stays beside it, not in ~/.cache.
 os.environ.setdefault("MVLM_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mvlm"))
 
+# llama.cpp with one thread: ggml's spinning threads crawl when the other xdist worker holds the other core
+# (a 16-token answer of the demo's VLM took 7.5 s with two threads, 0.03 s with one).
+os.environ.setdefault("MVLM_LLAMACPP_THREADS", "1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -15,7 +15,7 @@ LM_TOKENS, VLM_TOKENS = 6, 4
 def results(tmp_path_factory):
     runs = bench.plan_runs(["tiny"], ["q4_k_s", "q8_0"], ["ldp", "mlp2x_gelu"], ["tiny"], ["q4_k_s"])
     workdir = tmp_path_factory.mktemp("edge")
-    return workdir, bench.run_protocol(runs, workdir, LM_TOKENS, VLM_TOKENS, threads=2, log=lambda line: None)
+    return workdir, bench.run_protocol(runs, workdir, LM_TOKENS, VLM_TOKENS, threads=1, log=lambda line: None)
 
 
 def _tokens(path, text: str, add_bos: bool = True) -> int:

@@ -39,7 +39,8 @@ def test_benchmark_scores_are_logged_at_the_hook_steps(tmp_path):
     # the last step's parameters are the saved model: `mvlm eval vlm` on it gives the same answers
     out = tmp_path / "out"
     assert eval_cli.vlm_main(["--ckpt", str(workdir / "model"), "--benchmark", "demo_world", "--data-root", str(root),
-                              "--out", str(out), "--limit", "3", "--no-blind", "--devices", "1"]) == 0
+                              "--out", str(out), "--limit", "3", "--no-blind", "--devices", "1",
+                              "--batch-size", "4"]) == 0  # the hook's batch: its compiled programs serve
     during = records.read_records(workdir / "eval" / "step_0000003" / "demo_world" / "answers.jsonl")
     after = records.read_records(out / "demo_world" / "answers.jsonl")
     assert [r["metadata"]["ids"] for r in during] == [r["metadata"]["ids"] for r in after]

@@ -36,8 +36,10 @@ def run(experiment, workdir, data_root, *overrides):
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
-    run("pretrain.py:tiny", root / "pretrain", root / "data", "--config.train.total_steps=4")
-    run("sft.py:tiny", root / "sft", root / "data", "--config.train.total_steps=3",
+    # No validation in these stages (test_train_eval covers it, the demo test for the VLM stages): each
+    # val_loss at the last step compiles one more program.
+    run("pretrain.py:tiny", root / "pretrain", root / "data", "--config.train.total_steps=4", "--config.eval.every=0")
+    run("sft.py:tiny", root / "sft", root / "data", "--config.train.total_steps=3", "--config.eval.every=0",
         f"--config.init_from=('={root / 'pretrain' / 'model'}',)")
     return root
 
@@ -45,7 +47,7 @@ def sft_model(tmp_path_factory):
 def test_vlm_stage1_trains_only_the_projector_from_the_sft_llm(sft_model):
     root = sft_model
     out = run("vlm.py:size=tiny,stage=1", root / "vlm1", root / "data", "--config.train.total_steps=3",
-              f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
+              "--config.eval.every=0", f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
     assert f"initialised llm from {root / 'sft' / 'model'}" in out
     vlm, vlm_config = load_model(root / "vlm1" / "model")
     projector = sum(x.size for x in jax.tree.leaves(vlm["projector"]))
@@ -58,7 +60,6 @@ def test_vlm_stage1_trains_only_the_projector_from_the_sft_llm(sft_model):
 
 def test_lora_stage_trains_adapters_and_projector(sft_model):
     root = sft_model
-    # No validation here (its own tests cover it): its compile would double this test's time.
     out = run("vlm.py:size=tiny,stage=lora", root / "lora", root / "data", "--config.train.total_steps=2",
               "--config.eval.every=0", f"--config.init_from=('llm={root / 'sft' / 'model'}',)")
     params, config = load_model(root / "lora" / "model")

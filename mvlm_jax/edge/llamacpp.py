@@ -25,7 +25,10 @@ Segment = Union[Sequence[int], np.ndarray]  # token ids, or an image [H, W, 3] u
 
 
 def _threads(n_threads: int | None) -> int:
-    return n_threads or os.cpu_count() or 1
+    """The given count, else $MVLM_LLAMACPP_THREADS, else every core. ggml's threads spin at each barrier,
+    so when other processes hold the cores (the test session's xdist workers) two threads run a tiny model
+    ~200x slower than one; the test session sets 1."""
+    return n_threads or int(os.environ.get("MVLM_LLAMACPP_THREADS") or 0) or os.cpu_count() or 1
 
 
 def _cpu_has_amx() -> bool:
