@@ -119,5 +119,10 @@ def build_pretrain_dataset(config: PretrainData, process_index: int = 0, process
 
 
 def batch_hash(batch: Mapping[str, Any]) -> str:
-    """sha256 of a batch's token ids (metrics.jsonl `batch_hash`)."""
-    return hashlib.sha256(np.ascontiguousarray(batch["tokens"], np.int32).tobytes()).hexdigest()
+    """sha256 of a batch's token ids (metrics.jsonl `batch_hash`); of its labels and images when it has no
+    tokens (a classifier's batch)."""
+    if "tokens" in batch:
+        return hashlib.sha256(np.ascontiguousarray(batch["tokens"], np.int32).tobytes()).hexdigest()
+    digest = hashlib.sha256(np.ascontiguousarray(batch["labels"], np.float32).tobytes())
+    digest.update(np.ascontiguousarray(batch["images"], np.float32).tobytes())
+    return digest.hexdigest()

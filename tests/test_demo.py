@@ -7,6 +7,8 @@ import sys
 
 from console_checks import assert_quiet
 
+STAGES = ("pretrain", "sft", "vision", "vlm1", "vlm2")
+
 
 def run_demo(workdir):
     return subprocess.run([sys.executable, "-m", "mvlm_jax.demo", "--workdir", str(workdir), "--steps", "2",
@@ -16,17 +18,18 @@ def run_demo(workdir):
 
 def losses(workdir):
     return {stage: [json.loads(line)["loss"] for line in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
-            for stage in ("pretrain", "sft", "vlm1", "vlm2")}
+            for stage in STAGES}
 
 
 def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
     first = run_demo(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert_quiet(first.stdout + first.stderr)  # no orbax INFO lines from the stages' checkpoints
-    for stage in ("pretrain", "sft", "vlm1", "vlm2"):
+    for stage in STAGES:
         assert (tmp_path / stage / "model" / "model_config.json").is_file()
         assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2
-    assert (tmp_path / "vlm2" / "model" / "tokenizer.model").is_file()  # the run's tokenizer travels along
+    assert (tmp_path / "vlm2" / "model" / "tokenizer.model").is_file()
+    assert f"initialised vision from {tmp_path / 'vision' / 'model'}" in first.stdout  # vlm1 takes the trained tower  # the run's tokenizer travels along
     for name in ("mobilevlm-demo-f32.gguf", "mobilevlm-demo-q8_0.gguf", "mmproj-mobilevlm-demo-f16.gguf"):
         assert (tmp_path / "gguf" / name).stat().st_size > 0
     answers = (tmp_path / "eval" / "demo_world" / "answers.jsonl").read_text().splitlines()
@@ -43,7 +46,7 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them(tmp_path):
 
     second = run_demo(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("pretrain", "sft", "vlm1", "vlm2"):
+    for stage in STAGES:
         assert f"{stage}: done before, reusing" in second.stdout
         assert len((tmp_path / stage / "metrics.jsonl").read_text().splitlines()) == 2  # not trained again
     assert json.loads((tmp_path / "summary.json").read_text())["agreement"] == summary["agreement"]

@@ -65,7 +65,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny):
     other = emb.generate(tmp_path / "c", seed=1, size="tiny", image_size=IMAGE_SIZE)
     ma, mb, mc = (json.loads(p.read_text()) for p in (a, again, other))
     assert ma == mb and a.read_bytes() == again.read_bytes() == (tiny / "manifest.json").read_bytes()
-    assert len(ma["files"]) == 3 * 6 + sum(c["images"] for c in ma["splits"].values())
+    assert len(ma["files"]) == 3 * 7 + sum(c["images"] for c in ma["splits"].values())  # 7 files per split
     for rel, digest in ma["files"].items():  # the manifest tells the truth about every file
         assert hashlib.sha256((tmp_path / "a" / rel).read_bytes()).hexdigest() == digest
     differing = [rel for rel in ma["files"] if mc["files"].get(rel) != ma["files"][rel]]

@@ -34,7 +34,7 @@ SIZES: dict[str, dict] = {
     "small": {"scenes": 800, "corpus": 2000, "sharegpt": 800, "turns": (1, 3)},
     "demo": {"scenes": 4000, "corpus": 8000, "sharegpt": 3000, "turns": (4, 8)},
 }
-FORMAT, VERSION = "mvlm-embedded", 2  # 2: the demo size asks 4 to 8 questions per image conversation
+FORMAT, VERSION = "mvlm-embedded", 3  # 2: the demo size asks 4 to 8 questions per image conversation; 3: labels_*.json
 CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption for the picture.",
                    "What does the image show?", "Give a one-line description of this image.")
 # Stream ids keep the random sequences of different outputs independent of one another.
@@ -96,13 +96,14 @@ def _up_to_date(out: Path, manifest: dict | None, params: dict) -> bool:
 
 def _write_split(w: _Writer, split: int, name: str, scene_ids: list[int], seed: int, image_size: int,
                  n_corpus: int, n_sharegpt: int, turns: tuple[int, int]) -> dict[str, int]:
-    captions, instruct, evals, scenes = [], [], [], []
+    captions, instruct, evals, scenes, image_labels = [], [], [], [], []
     for turn, idx in enumerate(scene_ids):
         sid = f"{idx:06d}"
         image = f"{name}/{sid}.png"
         scene = world.sample_scene(_rng(_SCENE, seed, idx))
         w.bytes(f"images/{image}", world.png_bytes(world.render(scene, image_size)))
         scenes.append({"id": sid, "image": image, "objects": scene.to_json(image_size)})
+        image_labels.append({"id": sid, "image": image, "labels": world.labels(scene)})
         prompt = CAPTION_PROMPTS[int(_rng(_PROMPT, seed, idx).integers(len(CAPTION_PROMPTS)))]
         captions.append({"id": sid, "image": image, "conversations": [
             {"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": world.caption(scene)}]})
@@ -126,6 +127,7 @@ def _write_split(w: _Writer, split: int, name: str, scene_ids: list[int], seed: 
     w.jsonl(f"corpus_{name}.jsonl", corpus)
     w.json(f"eval_{name}.json", evals)
     w.json(f"scenes_{name}.json", scenes)
+    w.json(f"labels_{name}.json", image_labels)
     return {"scenes": len(scene_ids), "images": len(scene_ids), "llava_caption": len(captions),
             "llava_instruct": len(instruct), "llava_instruct_text_only": n_text, "sharegpt": len(sharegpt),
             "corpus": len(corpus), "eval": len(evals)}

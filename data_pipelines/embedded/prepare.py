@@ -15,7 +15,7 @@ from data_pipelines.tokenizer import Tokenizer, train_tokenizer
 def prepare(root: str | os.PathLike, size: str = "tiny", vocab_size: int = 512, image_size: int = 64,
             seed: int = 0) -> dict[str, str]:
     """Paths: world, tokenizer, shards (train split), the SFT / LLaVA files of the train split (sharegpt,
-    llava_caption, llava_instruct), and the held-out `val` split of each: shards_val, sharegpt_val, ...
+    llava_caption, llava_instruct, and `labels`: image classes for vision pretraining), and the held-out `val` split of each: shards_val, sharegpt_val, ...
     The tokenizer is trained on the train split only."""
     root = Path(root).absolute()
     world = root / "world"
@@ -32,7 +32,7 @@ def prepare(root: str | os.PathLike, size: str = "tiny", vocab_size: int = 512, 
     for directory, corpus in ((shards, "corpus_train.jsonl"), (held_out_shards, "corpus_val.jsonl")):
         if not (directory / INDEX_FILE).is_file():
             write_shards([str(world / corpus)], Tokenizer(tokenizer_path), directory, workers=1, progress=False)
-    names = ("sharegpt", "llava_caption", "llava_instruct")
+    names = ("sharegpt", "llava_caption", "llava_instruct", "labels")
     files = {f"{name}{suffix}": str(world / f"{name}_{split}.json")
              for name in names for split, suffix in (("train", ""), ("val", "_val"))}
     return {"world": str(world), "tokenizer": str(tokenizer_path), "shards": str(shards),

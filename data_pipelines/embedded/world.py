@@ -131,6 +131,17 @@ def caption(scene: Scene) -> str:
     return _join([f"a {o.phrase} {_where(scene, o)}" for o in scene.objects]) + "."
 
 
+# Image classes for classification pretraining of the tower (data_pipelines/image_labels.py): each shape
+# present, and each colour-shape pair present; multi-label, as a scene holds up to four objects.
+CLASSES: tuple[str, ...] = SHAPES + tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+
+
+def labels(scene: Scene) -> list[str]:
+    """The scene's classes (names in CLASSES), each once, in CLASSES order."""
+    present = {o.shape for o in scene.objects} | {f"{o.color} {o.shape}" for o in scene.objects}
+    return [name for name in CLASSES if name in present]
+
+
 def describe(scene: Scene) -> str:
     """Longer description: the count, then one sentence per object."""
     n = len(scene.objects)

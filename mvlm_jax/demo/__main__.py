@@ -7,14 +7,15 @@ interrupted training stage resumes from its last checkpoint):
   1. data      the embedded world (336-pixel images), a SentencePiece tokenizer, token shards
   2. pretrain  tiny MobileLLaMA on the corpus                 experiments/pretrain.py:demo
   3. sft       vicuna_v1 chat on the ShareGPT-style file       experiments/sft.py:demo
-  4. vlm1      projector + LLM, captions (`plain`)             experiments/vlm.py:size=demo,stage=1
-  5. vlm2      projector + LLM, image instructions             experiments/vlm.py:size=demo,stage=2
-  6. eval      greedy answers (JAX, KV cache) to held-out image questions (the demo_world benchmark of
+  4. vision    tower + projector, image classes (sigmoid)     experiments/vision.py:demo
+  5. vlm1      projector + LLM, captions (`plain`)             experiments/vlm.py:size=demo,stage=1
+  6. vlm2      projector + LLM, image instructions             experiments/vlm.py:size=demo,stage=2
+  7. eval      greedy answers (JAX, KV cache) to held-out image questions (the demo_world benchmark of
                mvlm_jax.eval), beside two baselines: the model with the image withheld, and the most
                frequent training answer of each question type
-  7. export    GGUF: the LLM (f32 and q8_0) and the mmproj (tower + LDP)
-  8. llama.cpp the same questions through llama.cpp: its answers against JAX's, token for token
-  9. summary   WORKDIR/summary.md (tables), summary.json, loss_curves.png
+  8. export    GGUF: the LLM (f32 and q8_0) and the mmproj (tower + LDP)
+  9. llama.cpp the same questions through llama.cpp: its answers against JAX's, token for token
+ 10. summary   WORKDIR/summary.md (tables), summary.json, loss_curves.png
 Training stages run as the user would run them: `python -m mvlm_jax.train --config ... --workdir ...`.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ from mvlm_jax.demo import evaluate, report
 STAGES: list[tuple[str, str, tuple[str, ...]]] = [
     ("pretrain", "experiments/pretrain.py:demo", ()),
     ("sft", "experiments/sft.py:demo", ("=pretrain",)),
-    ("vlm1", "experiments/vlm.py:size=demo,stage=1", ("llm=sft",)),
+    ("vision", "experiments/vision.py:demo", ()),
+    ("vlm1", "experiments/vlm.py:size=demo,stage=1", ("vision=vision", "projector=vision", "llm=sft")),
     ("vlm2", "experiments/vlm.py:size=demo,stage=2", ("=vlm1",)),
 ]
 EXPORT_TYPES = ("f32", "q8_0")

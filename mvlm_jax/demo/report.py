@@ -33,7 +33,7 @@ def plot_losses(workdir: Path, stages: Sequence[str], out: Path) -> None:
         axis.set_xlabel("step")
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("loss (per target token)")
+    axes[0][0].set_ylabel("loss (per target token; vision: per class)")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -42,14 +42,16 @@ def plot_losses(workdir: Path, stages: Sequence[str], out: Path) -> None:
 def write(workdir: Path, stages: Sequence[str], scores: dict[str, dict], agreement: dict, seconds: dict,
           total_seconds: float) -> str:
     """Write summary.md and loss_curves.png; returns the markdown. scores: run -> demo_world scores."""
-    lines = ["# MobileVLM demo", "", "## Training", "", "| stage | steps | first loss | last loss | tokens/s | time now |",
+    lines = ["# MobileVLM demo", "", "## Training", "", "| stage | steps | first loss | last loss | speed | time now |",
              "|---|---|---|---|---|---|"]
     for stage in stages:
         rows = _metrics(workdir / stage)
         if rows:
-            speed = sum(r["tokens_per_s"] for r in rows[-10:]) / len(rows[-10:])
+            last = rows[-10:]
+            tokens = sum(r["tokens_per_s"] for r in last) / len(last)  # a classifier stage has images only
+            speed = f"{tokens:,.0f} tokens/s" if tokens else f"{sum(r['images_per_s'] for r in last) / len(last):,.0f} images/s"
             lines.append(f"| {stage} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
-                         f"{speed:,.0f} | {seconds.get(stage, 0):.0f} s{' (reused)' if not seconds.get(stage) else ''} |")
+                         f"{speed} | {seconds.get(stage, 0):.0f} s{' (reused)' if not seconds.get(stage) else ''} |")
     model, blind, majority = scores["model"], scores["blind"], scores["most_frequent"]
     lines += ["", f"## Held-out image questions (JAX, greedy, {model['questions']} questions)", "",
               "Beside two baselines: the same model with the image withheld, and the most frequent training "

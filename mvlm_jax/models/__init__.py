@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mvlm_jax.models.config import LlamaConfig, ModelConfig, VisionConfig, VLMConfig
+from mvlm_jax.models.classifier import ImageClassifier
+from mvlm_jax.models.config import ClassifierConfig, LlamaConfig, ModelConfig, VisionConfig, VLMConfig
 from mvlm_jax.models.llama import MobileLLaMA
 from mvlm_jax.models.vit import VisionTower
 from mvlm_jax.models.vlm import MobileVLM
@@ -20,6 +21,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return VisionTower(config)
     if isinstance(config, VLMConfig):
         return MobileVLM(config)
+    if isinstance(config, ClassifierConfig):
+        return ImageClassifier(config)
     raise TypeError(f"no model for config {type(config).__name__}")
 
 
@@ -27,8 +30,9 @@ def example_inputs(config: ModelConfig, batch: int = 1) -> tuple[Any, ...]:
     """Smallest inputs that create every parameter (for init and jax.eval_shape)."""
     if isinstance(config, LlamaConfig):
         return (jnp.zeros((batch, 8), jnp.int32),)
-    if isinstance(config, VisionConfig):
-        return (jnp.zeros((batch, config.image_size, config.image_size, 3), jnp.float32),)
+    if isinstance(config, (VisionConfig, ClassifierConfig)):
+        size = config.image_size if isinstance(config, VisionConfig) else config.vision.image_size
+        return (jnp.zeros((batch, size, size, 3), jnp.float32),)
     if isinstance(config, VLMConfig):
         size = config.vision.image_size
         tokens = jnp.zeros((batch, config.num_visual_tokens + 8), jnp.int32)

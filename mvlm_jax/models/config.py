@@ -161,6 +161,27 @@ class VLMConfig:
         return projector_output_tokens(self.projector, self.vision.num_output_tokens)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Image classification pretraining of a vision tower (paper Table 8's "classification" paradigm):
+    the tower, optionally the projector into an LLM's width `embed_dim` (so that the VLM that starts from
+    it receives tokens that already separate the classes), a pooling head over the tokens and one logit
+    per class. `head`: "map" (attention pooling with one learned query, as big_vision's MAP head) or "gap"
+    (mean over tokens). Parameters: vision/, projector/ (the VLM's names: `init_from` takes them from
+    here), then the head's pool/ (map only), norm/ and classes/."""
+
+    vision: VisionConfig
+    projector: ProjectorConfig | None
+    num_classes: int
+    embed_dim: int = 0  # the projector's output width (an LLM's hidden size); 0 with no projector
+    head: Literal["map", "gap"] = "map"
+    head_heads: int = 4
+
+    @property
+    def feature_width(self) -> int:
+        return self.embed_dim if self.projector is not None else self.vision.width
+
+
 def with_rope_scaling(config: LlamaConfig, factor: float, original: int | None = None) -> LlamaConfig:
     """`config` extended by linear position interpolation: max_position_embeddings becomes
     round(factor x original), the original length (default: the config's own, before any earlier scaling)
@@ -226,9 +247,10 @@ PROJECTOR_PRESETS: dict[str, ProjectorConfig] = {
 _RETIRED = {("VLMConfig", "image_token_id"): IMAGE_TOKEN}
 _NO_VALUE = object()
 _NESTED = {"lora": LoraConfig, "vision": VisionConfig, "projector": ProjectorConfig, "llm": LlamaConfig}
-_KINDS = {"llm": LlamaConfig, "vision": VisionConfig, "projector": ProjectorConfig, "vlm": VLMConfig}
+_KINDS = {"llm": LlamaConfig, "vision": VisionConfig, "projector": ProjectorConfig, "vlm": VLMConfig,
+          "classifier": ClassifierConfig}
 
-ModelConfig = LlamaConfig | VisionConfig | ProjectorConfig | VLMConfig
+ModelConfig = LlamaConfig | VisionConfig | ProjectorConfig | VLMConfig | ClassifierConfig
 
 
 def kind_of(config: ModelConfig) -> str:

@@ -32,7 +32,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     setup.check_data_paths(config)  # before anything is written or compiled
     workdir_path = setup.workdir_path(workdir)
     # Before the config is parsed: with train.epochs the data decides total_steps, and the schedule with it.
-    model = model_config(config.model)
+    model = model_config(config.model, tuple(config.data.classes))
     examples = setup.epoch_plan(config, model, workdir_path, write=jax.process_index() == 0)
     experiment = parse(config, model)
     run = build_run(experiment)

@@ -15,7 +15,8 @@ import ml_collections
 from data_pipelines.errors import BadInput
 
 from mvlm_jax.models import attention
-from mvlm_jax.models.config import LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, LoraConfig, ModelConfig, VLMConfig
+from mvlm_jax.models.config import (LLAMA_PRESETS, PROJECTOR_PRESETS, VISION_PRESETS, ClassifierConfig, LoraConfig,
+                                    ModelConfig, VLMConfig)
 from mvlm_jax.sharding import MeshConfig, rules_from_config
 from mvlm_jax.train.checkpoints import CheckpointConfig
 from mvlm_jax.train.losses import KINDS
@@ -65,24 +66,36 @@ def _preset(presets: dict, name: str, what: str):
     return presets[name]
 
 
-def model_config(model: ml_collections.ConfigDict) -> ModelConfig:
-    """config.model -> the model's frozen config."""
+def model_config(model: ml_collections.ConfigDict, classes: tuple[str, ...] = ()) -> ModelConfig:
+    """config.model -> the model's frozen config; `classes`: config.data.classes (a classifier's outputs)."""
     lora = LoraConfig(**model.lora) if model.lora.rank else None
     llm = dataclasses.replace(_preset(LLAMA_PRESETS, model.llm, "llm"), dtype=model.dtype, remat_policy=model.remat,
                               lora=lora, attention_impl=model.attention, **dict(model.llm_overrides))
     if model.kind == "llm":
         return llm
-    if model.kind != "vlm":
-        raise ValueError(f"config.model.kind: {model.kind!r}; expected llm or vlm")
+    if model.kind not in ("vlm", "classifier"):
+        raise ValueError(f"config.model.kind: {model.kind!r}; expected llm, vlm or classifier")
     vision = dataclasses.replace(_preset(VISION_PRESETS, model.vision, "vision"), dtype=model.dtype,
                                  **dict(model.vision_overrides))
-    projector = dataclasses.replace(_preset(PROJECTOR_PRESETS, model.projector, "projector"), dtype=model.dtype)
-    return VLMConfig(vision, projector, llm)
+    projector = (dataclasses.replace(_preset(PROJECTOR_PRESETS, model.projector, "projector"), dtype=model.dtype)
+                 if model.projector else None)
+    if model.kind == "vlm":
+        if projector is None:
+            raise BadInput("config.model.projector: a VLM needs a projector; expected one of "
+                           f"{sorted(PROJECTOR_PRESETS)}")
+        return VLMConfig(vision, projector, llm)
+    if not classes:
+        raise BadInput("config.data.classes: a classifier (config.model.kind=classifier) needs the class names")
+    head = dict(model.get("classifier") or {})
+    return ClassifierConfig(vision, projector, num_classes=len(classes),
+                            embed_dim=llm.hidden_size if projector is not None else 0, **head)
 
 
 def for_platform(config: ModelConfig, platform: str) -> ModelConfig:
     """`config` with its LLM's attention kernel resolved for a compile target of `platform` ("auto" made
     concrete; a kernel that cannot run there is a ValueError naming config.model.attention)."""
+    if isinstance(config, ClassifierConfig):  # no LLM, no attention kernel to choose
+        return config
     llm = config.llm if isinstance(config, VLMConfig) else config
     llm = dataclasses.replace(llm, attention_impl=attention.resolve(llm.attention_impl, platform, llm.dtype))
     return dataclasses.replace(config, llm=llm) if isinstance(config, VLMConfig) else llm
@@ -108,7 +121,7 @@ def parse(config: ml_collections.ConfigDict, model: ModelConfig | None = None) -
     """The typed parts of `config`; `model`: its model config when the caller already parsed it."""
     train = config.train
     return Experiment(
-        model=model if model is not None else model_config(config.model),
+        model=model if model is not None else model_config(config.model, tuple(config.data.get("classes", ()))),
         optim=OptimConfig(**dict(config.optim), total_steps=train.total_steps),
         mesh=mesh_config(config.mesh),
         train=TrainConfig(total_steps=train.total_steps, batch_size=train.batch_size,

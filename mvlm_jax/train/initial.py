@@ -57,7 +57,8 @@ def initial_params(specs: Sequence[str], abstract: Params, random_init: Callable
     hold a parameter. `random_init(keep)`: the freshly initialised leaves whose path `keep` accepts, already
     sharded; called once for the leaves no source covers, and not at all when the sources cover everything.
     """
-    sources: list[tuple[str, str, Params, set[str]]] = []  # (part, directory, target, full paths)
+    # (part, directory, target, full paths, whether the part is a subtree of the stored model)
+    sources: list[tuple[str, str, Params, set[str], bool]] = []
     for spec in specs:
         part, directory = parse_spec(spec)
         if part and part not in abstract:
@@ -65,21 +66,25 @@ def initial_params(specs: Sequence[str], abstract: Params, random_init: Callable
                              f"{sorted(abstract)} (or '=DIR' for the whole model)")
         target = abstract[part] if part else abstract
         stored = param_shapes(directory)
+        # "vision=DIR" takes DIR's own vision/ when DIR holds a larger model (a classifier, another VLM)
+        nested = bool(part) and hasattr(stored, "keys") and part in stored.keys() and part not in target
+        stored = stored[part] if nested else stored
         _check_fits(spec, part, target, stored)
-        sources.append((part, directory, target, _prefixed(part, _paths(stored))))
+        sources.append((part, directory, target, _prefixed(part, _paths(stored)), nested))
 
-    covered = set().union(*(paths for *_, paths in sources))
+    covered = set().union(*(source[3] for source in sources))
     params: Params = {}
     if set(_paths(abstract)) - covered:
         params = random_init(lambda path: path not in covered)
-    for index, (part, directory, target, paths) in enumerate(sources):
+    for index, (part, directory, target, paths, nested) in enumerate(sources):
         # Only what no later source overrides: nothing is read twice.
-        later = set().union(*(p for *_, p in sources[index + 1:]))
+        later = set().union(*(source[3] for source in sources[index + 1:]))
         wanted = paths - later
         prefix = f"{part}/" if part else ""
         restore_target = split(target, lambda path: f"{prefix}{path}" in wanted)[0]
         if restore_target:
-            loaded, loaded_config = load_model(directory, target=restore_target)
+            loaded, loaded_config = load_model(directory, target={part: restore_target} if nested else restore_target)
+            loaded = loaded[part] if nested else loaded
             params = merge(params, {part: loaded} if part else loaded)
             print(f"initialised {part or 'the model'} from {directory} ({type(loaded_config).__name__})")
     return params

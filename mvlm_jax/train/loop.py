@@ -90,7 +90,7 @@ def run_loop(experiment: Experiment, run: Run, data: Any, workdir_path: epath.Pa
         return {"step": step_info["step"], "loss": float(metrics["loss"]),
                 "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
                 "tokens_per_s": tokens / elapsed, "images_per_s": images / elapsed,
-                "real_token_share": tokens / step_info["row_tokens"],
+                "real_token_share": tokens / step_info["row_tokens"] if step_info["row_tokens"] else None,
                 "step_time_s": elapsed, "mfu": flops / elapsed / (peak * jax.device_count()) if peak else None,
                 "batch_hash": step_info["hash"]}
 
@@ -117,8 +117,9 @@ def run_loop(experiment: Experiment, run: Run, data: Any, workdir_path: epath.Pa
     def one_step(step: int, pending: dict | None, state: dict) -> tuple[dict | None, dict]:
         """Dispatch step `step` + 1; read the previous one's metrics meanwhile. Returns (pending, state)."""
         batch = next(data)
-        info = {"step": step + 1, "hash": batch_hash(batch), "seq": batch["tokens"].shape[1],
-                "row_tokens": int(batch["tokens"].size) * jax.process_count()}
+        tokens = batch.get("tokens")  # a classifier's batch has none
+        info = {"step": step + 1, "hash": batch_hash(batch), "seq": 0 if tokens is None else tokens.shape[1],
+                "row_tokens": 0 if tokens is None else int(tokens.size) * jax.process_count()}
         global_batch = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
         info["dispatched"] = time.perf_counter()

@@ -14,18 +14,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mvlm_jax.models.config import ModelConfig, VLMConfig
+from mvlm_jax.models.config import ClassifierConfig, ModelConfig, VLMConfig
 
 Batch = dict[str, jax.Array]
-Forward = Callable[[Any, Batch, jax.Array], jax.Array]  # (params, batch, rng) -> float32 logits [batch, seq, vocab]
+# (params, batch, rng) -> float32 logits [batch, seq, vocab] (a classifier: [batch, classes])
+Forward = Callable[[Any, Batch, jax.Array], jax.Array]
 TokenLoss = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 LossSum = Callable[[Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def batch_forward(model: nn.Module, config: ModelConfig) -> Forward:
     """The model's forward over a batch dict: a VLM reads `images` and `image_slots` besides the tokens;
-    an LLM reads the tokens only. `rng` feeds dropout (LoRA), if the model has any."""
-    if isinstance(config, VLMConfig):
+    an LLM reads the tokens only; a classifier reads `images` [batch, H, W, 3]. `rng` feeds dropout (LoRA),
+    if the model has any."""
+    if isinstance(config, ClassifierConfig):
+        def forward(params, batch, rng):
+            del rng
+            return model.apply({"params": params}, batch["images"])
+    elif isinstance(config, VLMConfig):
         def forward(params, batch, rng):
             return model.apply({"params": params}, batch["tokens"], batch["images"], batch["image_slots"],
                                batch["segment_ids"], batch["positions"], rngs={"dropout": rng})
@@ -58,13 +64,27 @@ def smoothed_cross_entropy(label_smoothing: float) -> TokenLoss:
     return token_loss_sum
 
 
-KINDS = ("cross_entropy",)  # the values of config.loss.kind
+# The values of config.loss.kind: next-token cross-entropy for LLMs and VLMs, per-class sigmoid
+# cross-entropy for classifiers (multi-label: big_vision's ImageNet-21k recipe trains with it).
+KINDS = ("cross_entropy", "sigmoid_cross_entropy")
 
 
 def token_loss(kind: str = "cross_entropy", label_smoothing: float = 0.0) -> TokenLoss:
-    """The token loss of config.loss (`kind` one of KINDS, checked when the config is parsed)."""
-    del kind  # one kind so far; label smoothing 0 keeps the plain function (the same program as before it)
+    """The token loss of config.loss (`kind` cross_entropy; checked when the config is parsed)."""
+    del kind  # label smoothing 0 keeps the plain function (the same program as before it)
     return smoothed_cross_entropy(label_smoothing) if label_smoothing else cross_entropy_sum
+
+
+def label_loss(forward: Forward) -> LossSum:
+    """loss_sum(params, batch, rng) of a classifier: the sigmoid cross-entropy of each class logit against
+    batch["labels"] ([batch, classes], 1 = present), summed, and the number of (image, class) pairs, so
+    that the step's loss is the mean per class and image."""
+    def loss_sum(params, batch, rng):
+        labels = batch["labels"].astype(jnp.float32)
+        losses = optax.sigmoid_binary_cross_entropy(forward(params, batch, rng), labels)
+        return jnp.sum(losses), jnp.float32(labels.size)
+
+    return loss_sum
 
 
 def next_token_loss(forward: Forward, loss: TokenLoss = cross_entropy_sum) -> LossSum:

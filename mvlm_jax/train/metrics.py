@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from mvlm_jax.atomic import write_bytes
-from mvlm_jax.models.config import LlamaConfig, ProjectorConfig, VLMConfig
+from mvlm_jax.models.config import ClassifierConfig, LlamaConfig, ProjectorConfig, VLMConfig
 from mvlm_jax.models.llama import count_params as llama_params
 from mvlm_jax.models.projectors import make_divisible
 from mvlm_jax.models.vit import count_params as vit_params
@@ -75,7 +75,13 @@ def trained_llm_share(config: Any, trainable: Any, frozen: Any) -> float:
 
 def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_share: float = 1.0) -> float:
     """Training FLOPs of one optimizer step over `tokens` tokens and `images` images; `trained_share`:
-    the fraction of the LLM's weights that get gradients."""
+    the fraction of the LLM's weights that get gradients. A classifier: forward and backward of the tower and
+    projector per image (its head is left out: one query over the tokens)."""
+    if isinstance(config, ClassifierConfig):
+        tower = vit_params(config.vision) * config.vision.num_positions * 2
+        projector = (projector_forward_flops(config.projector, config.vision.width, config.embed_dim,
+                                             config.vision.num_output_tokens) if config.projector else 0.0)
+        return 3 * (tower + projector) * images
     llm = config.llm if isinstance(config, VLMConfig) else config
     flops = llm_flops_per_token(llm, seq_len, trained_share) * tokens
     if isinstance(config, VLMConfig) and images:

@@ -17,7 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(kind="llm", llm="tiny", vision="tiny", projector="ldp", dtype="float32", remat="none",
                    attention="auto", llm_overrides={}, vision_overrides={},
                    lora=dict(rank=0, alpha=256.0, dropout=0.0,
-                             targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+                             targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+                   # kind="classifier" (vision pretraining): the tower, the projector (projector="" for none)
+                   # into the width of `llm`, a pooling head (map | gap) and one logit per data.classes entry.
+                   classifier=dict(head="map", head_heads=4))
     # Checkpoints to start from when the workdir has none: "part=dir" ("llm=ckpt/sft", "vision=ckpt/clip",
     # "projector=ckpt/stage1") or "=dir" for the whole model.
     c.init_from = ()
@@ -26,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(kind="pretrain", shards=(), mixture="", mixture_dirs={}, seq_len=128, seed=0,
                   reset_attention_at_eos=False, workers=0, files=(), format="sharegpt", template="vicuna_v1",
                   tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True, packer="next_fit",
-                  cache=True, cache_dir="",
+                  cache=True, cache_dir="", classes=(),
                   embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
     # epochs > 0 (conversation data): total_steps becomes the whole global batches of that many epochs of
     # packed rows, counted from the data at start (mvlm_jax.train.setup.epoch_plan).

@@ -14,9 +14,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from data_pipelines.errors import BadInput
 from mvlm_jax import sharding
 from mvlm_jax.models import build_model, example_inputs
-from mvlm_jax.models.config import ModelConfig, VLMConfig
+from mvlm_jax.models.config import ClassifierConfig, ModelConfig, VLMConfig
 from mvlm_jax.train.experiment import Experiment, for_platform
-from mvlm_jax.train.losses import batch_forward, next_token_loss, token_loss
+from mvlm_jax.train.losses import batch_forward, label_loss, next_token_loss, token_loss
 from mvlm_jax.train.metrics import step_flops, trained_llm_share
 from mvlm_jax.train.optimizer import make_optimizer, schedule
 from mvlm_jax.train.partition import is_trainable, split
@@ -72,15 +72,23 @@ def build_run(experiment: Experiment, devices: list | None = None) -> Run:
     validate(experiment, len(devices))
     mesh, rules = sharding.make_mesh(experiment.mesh, devices), experiment.mesh.rules
     model_config = experiment.model  # kept as configured ("auto"): what checkpoints record
-    lora = model_config.llm.lora if isinstance(model_config, VLMConfig) else model_config.lora
+    lora = (None if isinstance(model_config, ClassifierConfig)
+            else model_config.llm.lora if isinstance(model_config, VLMConfig) else model_config.lora)
     # the model runs the attention kernel resolved for the devices it compiles for (a TPU topology in `plan`)
     model = eval_model = build_model(for_platform(model_config, devices[0].platform))  # eval: no dropout
     if lora is not None and lora.dropout > 0:
         model = model.clone(deterministic=False)
-    # The stage's loss: the model family's forward, the configured token loss.
-    tokens_loss = token_loss(experiment.loss.kind, experiment.loss.label_smoothing)
-    train_loss = next_token_loss(batch_forward(model, model_config), tokens_loss)
-    eval_loss = next_token_loss(batch_forward(eval_model, model_config), tokens_loss)
+    # The stage's loss: the model family's forward, the configured loss.
+    classifier = isinstance(model_config, ClassifierConfig)
+    if classifier != (experiment.loss.kind == "sigmoid_cross_entropy"):
+        raise BadInput(f"config.loss.kind {experiment.loss.kind!r} does not fit config.model.kind: a classifier "
+                       "trains with sigmoid_cross_entropy, an LLM or VLM with cross_entropy")
+    if classifier:
+        train_loss = eval_loss = label_loss(batch_forward(model, model_config))
+    else:
+        tokens_loss = token_loss(experiment.loss.kind, experiment.loss.label_smoothing)
+        train_loss = next_token_loss(batch_forward(model, model_config), tokens_loss)
+        eval_loss = next_token_loss(batch_forward(eval_model, model_config), tokens_loss)
     optimizer, lr_schedule = make_optimizer(experiment.optim), schedule(experiment.optim)
 
     # Abstract state and its shardings, from the rules table.
@@ -125,6 +133,10 @@ def abstract_batch(experiment: Experiment, run: Run) -> dict[str, jax.ShapeDtype
     out = {"tokens": spec((batch, seq), jnp.int32), "targets": spec((batch, seq), jnp.int32),
            "loss_mask": spec((batch, seq), jnp.float32), "segment_ids": spec((batch, seq), jnp.int32),
            "positions": spec((batch, seq), jnp.int32)}
+    if isinstance(run.model_config, ClassifierConfig):
+        size = run.model_config.vision.image_size
+        return {"images": spec((batch, size, size, 3), jnp.float32),
+                "labels": spec((batch, run.model_config.num_classes), jnp.float32)}
     if isinstance(run.model_config, VLMConfig):
         size, per_row = run.model_config.vision.image_size, experiment.train.images_per_row
         out["images"] = spec((batch, per_row, size, size, 3), jnp.float32)

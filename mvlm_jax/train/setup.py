@@ -14,13 +14,14 @@ from etils import epath
 
 from data_pipelines.conversations import (CachedExamples, ConversationData, Examples, PackedRows, build_conversation_dataset,
                                           prepare_examples)
+from data_pipelines.image_labels import ImageLabelData, build_image_label_dataset, held_out_rows
 from data_pipelines.pretrain_pipeline import MIXTURE_PRESETS, PretrainData, build_pretrain_dataset, mixture
 from data_pipelines.shards import INDEX_FILE
 from data_pipelines.stream import BatchStream, ReadOptions
 from data_pipelines.token_source import read_index
 from data_pipelines.tokenizer import Tokenizer
 from mvlm_jax.atomic import write_bytes
-from mvlm_jax.models.config import ModelConfig, VLMConfig
+from mvlm_jax.models.config import ClassifierConfig, ModelConfig, VLMConfig
 from mvlm_jax.paths import as_path, is_url, probe, require_local
 from mvlm_jax.train.validation import WindowRows, conversation_rows, fixed_batches
 
@@ -43,7 +44,21 @@ def data_stream(config: ml_collections.ConfigDict, model: ModelConfig, process_i
     if data.kind == "conversation":
         return build_conversation_dataset(conversation_data(config, model, tuple(data.files), read), process_index,
                                           process_count, examples)
-    raise ValueError(f"config.data.kind: {data.kind!r}; expected pretrain or conversation")
+    if data.kind == "image_labels":
+        return build_image_label_dataset(image_label_data(config, model, tuple(data.files), read), process_index,
+                                         process_count)
+    raise ValueError(f"config.data.kind: {data.kind!r}; expected pretrain, conversation or image_labels")
+
+
+def image_label_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
+                     read: ReadOptions = ReadOptions()) -> ImageLabelData:
+    """The image-label pipeline's settings for `files` (training's or the held-out ones)."""
+    if not isinstance(model, ClassifierConfig):
+        raise ValueError("config.data.kind image_labels trains a classifier: set config.model.kind=classifier")
+    data = config.data
+    return ImageLabelData(files=files, classes=tuple(data.classes), image_size=model.vision.image_size,
+                          batch_size=config.train.batch_size, image_root=data.image_root or None,
+                          pad_images=data.pad_images, seed=data.seed, read=read)
 
 
 def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
@@ -174,8 +189,9 @@ def held_out_batches(config: ml_collections.ConfigDict, model: ModelConfig, work
     else:
         if not files:
             raise ValueError(f"config.eval.every is {config.eval.every} but there is no held-out data: set "
-                             "config.eval.files (held-out conversation files in config.data.format)")
-        rows = conversation_rows(conversation_data(config, model, files))
+                             "config.eval.files (held-out files read like config.data.files)")
+        rows = (held_out_rows(image_label_data(config, model, files)) if config.data.kind == "image_labels"
+                else conversation_rows(conversation_data(config, model, files)))
     return fixed_batches(rows, config.train.batch_size, config.eval.batches, process_index, process_count)
 
 

@@ -78,7 +78,10 @@ def make_train_step(loss_sum: LossSum, optimizer: optax.GradientTransformation, 
                      "step": state["step"] + finite.astype(state["step"].dtype), "rng": rng}
         # Real tokens (in a segment: loss-bearing or context) and images of the global batch: what
         # tokens/s and MFU count, padding excluded.
-        real = {"real_tokens": jnp.sum(batch["segment_ids"] > 0)}
+        if "labels" in batch:  # a classifier's batch: images only
+            real = {"real_tokens": jnp.int32(0), "images": jnp.int32(batch["labels"].shape[0])}
+        else:
+            real = {"real_tokens": jnp.sum(batch["segment_ids"] > 0)}
         if "image_slots" in batch:
             real["images"] = jnp.sum(batch["image_slots"] >= 0)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),

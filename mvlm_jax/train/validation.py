@@ -141,7 +141,7 @@ def validation_hook(every: int, validation: Validation, verbose: bool = True) ->
         loss, tokens = validation(context.state)
         context.record.update(val_loss=loss, val_tokens=tokens)
         if verbose:
-            tqdm.write(f"step {context.step}: val_loss {loss:.4f} over {tokens:,} target tokens "
+            tqdm.write(f"step {context.step}: val_loss {loss:.4f} over {tokens:,} targets "
                        f"({time.perf_counter() - started:.1f} s)")
 
     return Hook("validation", every, run, needs_state=True)

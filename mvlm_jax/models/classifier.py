@@ -1,0 +1,59 @@
+"""Image classifier for vision pretraining (paper Table 8's "classification" paradigm): vision tower ->
+optional projector -> pooling head -> one logit per class.
+
+The tower and projector are the VLM's own modules under the VLM's names (vision/, projector/), so a VLM
+stage takes them over with `init_from=("vision=DIR", "projector=DIR", ...)`. The head is thrown away.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+from mvlm_jax.models.config import ClassifierConfig
+from mvlm_jax.models.layers import LayerNorm, Linear, param_with_axes
+from mvlm_jax.models.projectors import Projector
+from mvlm_jax.models.vit import VisionTower
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling with one learned query (Lee et al. 2019, "Set Transformer", PMA;
+    big_vision's MAP head without its MLP): tokens [batch, n, width] -> [batch, width]."""
+
+    heads: int
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        width = tokens.shape[-1]
+        if width % self.heads:
+            raise ValueError(f"attention pooling: width {width} is not a multiple of head_heads {self.heads}")
+        probe = self.param("probe", param_with_axes(nn.initializers.normal(0.02), (None,)), (width,))
+        q = rearrange(Linear(width, (None, None), use_bias=True, name="query")(probe), "(h d) -> h d", h=self.heads)
+        k = rearrange(Linear(width, (None, None), use_bias=True, name="key")(tokens), "b n (h d) -> b h n d",
+                      h=self.heads)
+        v = rearrange(Linear(width, (None, None), use_bias=True, name="value")(tokens), "b n (h d) -> b h n d",
+                      h=self.heads)
+        weights = jax.nn.softmax(jnp.einsum("hd,bhnd->bhn", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype), axis=-1)
+        pooled = rearrange(jnp.einsum("bhn,bhnd->bhd", weights, v), "b h d -> b (h d)")
+        return Linear(width, (None, None), use_bias=True, name="out")(pooled)
+
+
+class ImageClassifier(nn.Module):
+    config: ClassifierConfig
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images: [batch, H, W, 3] normalised pixels -> float32 logits [batch, num_classes]."""
+        cfg = self.config
+        tokens = VisionTower(cfg.vision, name="vision")(images)
+        if cfg.projector is not None:
+            tokens = Projector(cfg.projector, cfg.embed_dim, name="projector")(tokens)
+        if cfg.head == "map":
+            pooled = AttentionPool(cfg.head_heads, name="pool")(tokens.astype(jnp.float32))
+        elif cfg.head == "gap":
+            pooled = jnp.mean(tokens.astype(jnp.float32), axis=1)
+        else:
+            raise ValueError(f"classifier head {cfg.head!r}; expected map or gap")
+        pooled = LayerNorm(name="norm")(pooled)
+        return Linear(cfg.num_classes, (None, None), use_bias=True, name="classes")(pooled).astype(jnp.float32)
