@@ -1,6 +1,6 @@
 """Labelled images for classification pretraining of a vision tower (config.data.kind = "image_labels").
 
-A file is a JSON list (or JSONL) of records {"image": "relative/or/absolute.png", "labels": ["name", ...]};
+A file is a JSON list (or JSON Lines, optionally .gz / .zst: data_pipelines.records) of records {"image": "relative/or/absolute.png", "labels": ["name", ...]};
 several labels per image make it multi-label, as ImageNet-21k is trained with sigmoid losses. Labels are
 names from config.data.classes, in that order in the multi-hot vector.
 
@@ -11,7 +11,6 @@ reshuffled and every process reading elements p, p + P, ... of the one global or
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import grain
@@ -19,6 +18,7 @@ import numpy as np
 
 from data_pipelines.errors import BadInput, MissingInput
 from data_pipelines.images import preprocess_file
+from data_pipelines.records import Problem, iter_records
 from data_pipelines.tokenizer import file_sha256
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
 
@@ -37,43 +37,23 @@ class ImageLabelData:
     read: ReadOptions = ReadOptions()
 
 
-def _records(path: Path) -> list:
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise BadInput(f"{path}:{number}: invalid JSON ({error.msg})") from error
-        return records
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInput(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
-    if not isinstance(records, list):
-        raise BadInput(f"{path}: expected a JSON list of {{'image', 'labels'}} records")
-    return records
-
-
 def read_examples(config: ImageLabelData) -> tuple[list[Path], np.ndarray]:
     """(image paths, multi-hot labels [n, classes] float32) of every record of config.files, in file order.
-    A record without an image or labels, an unknown label or a missing image file is an error naming the
-    file and record."""
+    Unreadable JSON, a record without an image or labels, an unknown label or a missing image file is an
+    error naming the file and line (data_pipelines.records)."""
     if not config.classes:
         raise BadInput("config.data.classes is empty: name the classes the labels refer to")
     index = {name: k for k, name in enumerate(config.classes)}
     paths, labels = [], []
     for file in config.files:
-        path = Path(file)
-        if not path.is_file():
-            raise MissingInput(f"{path}: no such image-label file (config.data.files)")
-        root = Path(config.image_root) if config.image_root else path.parent
-        for number, record in enumerate(_records(path)):
-            where = f"{path}: record {number}"
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str) \
-                    or not isinstance(record.get("labels"), list):
+        if not Path(file).is_file():
+            raise MissingInput(f"{file}: no such image-label file (config.data.files)")
+        root = Path(config.image_root) if config.image_root else Path(file).parent
+        for item in iter_records(file):
+            if isinstance(item, Problem):
+                raise BadInput(str(item))
+            where, record = f"{item.path}:{item.line}", item.data
+            if not isinstance(record.get("image"), str) or not isinstance(record.get("labels"), list):
                 raise BadInput(f"{where}: expected {{'image': path, 'labels': [names]}}")
             unknown = [label for label in record["labels"] if label not in index]
             if unknown:

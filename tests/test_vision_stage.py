@@ -123,11 +123,14 @@ def test_bad_records_are_named(data, tmp_path):
     _, paths = data
     bad = tmp_path / "labels.json"
     bad.write_text(json.dumps([{"image": "train/000000.png", "labels": ["red circle"]},
-                               {"image": "train/000001.png", "labels": ["mauve blob"]}]))
-    with pytest.raises(BadInput, match=r"labels\.json: record 1: labels \['mauve blob'\]"):
+                               {"image": "train/000001.png", "labels": ["mauve blob"]}], indent=1))
+    with pytest.raises(BadInput, match=r"labels\.json:8: labels \['mauve blob'\]"):
         read_examples(stream_config(paths, files=(str(bad),)))
     bad.write_text(json.dumps([{"image": "train/nope.png", "labels": []}]))
-    with pytest.raises(MissingInput, match=r"record 0: image .*nope\.png not found"):
+    with pytest.raises(MissingInput, match=r"labels\.json:1: image .*nope\.png not found"):
+        read_examples(stream_config(paths, files=(str(bad),)))
+    bad.write_text('[{"image": "train/000000.png", "labels": [}]')
+    with pytest.raises(BadInput, match=r"labels\.json:1"):
         read_examples(stream_config(paths, files=(str(bad),)))
 
 
