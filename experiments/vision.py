@@ -40,10 +40,10 @@ def get_config(arg=None):
         # too, and the VLM stages start from both (docs/TRAINING.md).
         embedded_demo(c)
         c.model.llm = "demo"
-        c.train.update(total_steps=1500, batch_size=16)
+        c.train.update(total_steps=1000, batch_size=16)
         c.optim.update(learning_rate=2e-3, warmup_steps=20)
         c.checkpoint.every = 500
-        c.eval.update(every=750, batches=4)
+        c.eval.update(every=500, batches=4)
         return c
     # A tower of its own at paper scale: no projector (the VLM's stage 1 trains it), images padded to square.
     # Our settings, of the size of an ImageNet-21k run (not a published recipe); set files and classes.
