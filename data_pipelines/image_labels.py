@@ -71,8 +71,9 @@ def read_examples(config: ImageLabelData) -> tuple[list[Path], np.ndarray]:
 
 
 class LabelledImages:
-    """grain source: element i = {"images": float32 [size, size, 3], "labels": float32 [classes]}, epoch
-    i // n in the permutation of seed + epoch (or in file order with `shuffle=False`)."""
+    """grain source: element i = {"images": float32 [size, size, 3], "labels": float32 [classes],
+    "weights": 1.0 (0 marks a padding row of the held-out batches)}, epoch i // n in the permutation of
+    seed + epoch (or in file order with `shuffle=False`)."""
 
     def __init__(self, config: ImageLabelData, paths: list[Path], labels: np.ndarray, epochs: int = EPOCHS,
                  shuffle: bool = True):
@@ -93,11 +94,12 @@ class LabelledImages:
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         k = self._index(i)
         return {"images": preprocess_file(self.paths[k], self.config.image_size, self.config.pad_images),
-                "labels": self.labels[k]}
+                "labels": self.labels[k], "weights": np.float32(1.0)}
 
 
 def build_image_label_dataset(config: ImageLabelData, process_index: int = 0, process_count: int = 1) -> BatchStream:
-    """The batched, resumable stream of this process: {"images": [b, size, size, 3], "labels": [b, classes]}."""
+    """The batched, resumable stream of this process: {"images": [b, size, size, 3], "labels": [b, classes],
+    "weights": [b]}."""
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
     paths, labels = read_examples(config)

@@ -12,7 +12,8 @@ import pytest
 from data_pipelines.embedded import world
 from data_pipelines.embedded.prepare import prepare
 from data_pipelines.errors import BadInput, MissingInput
-from data_pipelines.image_labels import ImageLabelData, LabelledImages, build_image_label_dataset, read_examples
+from data_pipelines.image_labels import (ImageLabelData, LabelledImages, build_image_label_dataset, held_out_rows,
+                                         read_examples)
 from mvlm_jax.checkpoint import load_model
 from mvlm_jax.models import build_model
 from mvlm_jax.train.entry import train
@@ -70,12 +71,13 @@ def test_attention_pool_head_and_sigmoid_loss_match_numpy():
     np.testing.assert_allclose(logits, reference_logits(params, np.asarray(features, np.float64)), atol=1e-4)
 
     labels = (np.arange(3 * logits.shape[1]).reshape(logits.shape) % 3 == 0).astype(np.float32)
-    total, count = label_loss(lambda p, batch, rng: model.apply({"params": p}, batch["images"]))(
-        params, {"images": images, "labels": labels}, jax.random.key(0))
+    loss = label_loss(lambda p, batch, rng: model.apply({"params": p}, batch["images"]))
+    weights = np.array([1.0, 0.0, 1.0], np.float32)  # the middle row pads a held-out batch: not counted
+    total, count = loss(params, {"images": images, "labels": labels, "weights": weights}, jax.random.key(0))
     x = logits.astype(np.float64)
     expected = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # stable sigmoid cross-entropy
-    assert count == labels.size
-    np.testing.assert_allclose(float(total), expected.sum(), rtol=1e-5)
+    assert count == 2 * labels.shape[1]
+    np.testing.assert_allclose(float(total), expected[[0, 2]].sum(), rtol=1e-5)
 
 
 def test_labels_name_the_scene(data):
@@ -103,6 +105,7 @@ def test_the_stream_reshuffles_each_epoch_and_resumes_at_its_batch(data):
     stream = build_image_label_dataset(config)
     first = [next(stream) for _ in range(3)]
     assert first[0]["images"].shape == (4, 64, 64, 3) and first[0]["labels"].shape == (4, len(world.CLASSES))
+    assert (first[0]["weights"] == 1).all()
     state = stream.get_state()
     rest = [next(stream) for _ in range(2)]
     resumed = build_image_label_dataset(config)
@@ -145,7 +148,16 @@ def test_a_classifier_stage_hands_its_tower_and_projector_to_a_vlm_stage(data, t
     history = train(config, str(tmp_path / "vision"))
     assert [r["step"] for r in history] == list(range(1, 13)) and "val_loss" in history[-1]
     assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in history)
-    classifier, _ = load_model(tmp_path / "vision" / "model")
+    classifier, classifier_config = load_model(tmp_path / "vision" / "model")
+    # val_loss is the mean per class over the held-out images only: 12 images fill two batches of 8 with
+    # 4 padding rows, which must not count.
+    held_out = held_out_rows(stream_config(paths, files=(paths["labels_val"],)))
+    assert len(held_out) == 12
+    images = np.stack([held_out[i]["images"] for i in range(len(held_out))])
+    labels = np.stack([held_out[i]["labels"] for i in range(len(held_out))])
+    x = np.asarray(build_model(classifier_config).apply({"params": classifier}, images), np.float64)
+    expected = np.mean(np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x))))
+    np.testing.assert_allclose(history[-1]["val_loss"], expected, rtol=1e-4)
 
     stage1 = vlm.get_config("size=tiny,stage=1")
     with stage1.unlocked():

@@ -77,12 +77,13 @@ def token_loss(kind: str = "cross_entropy", label_smoothing: float = 0.0) -> Tok
 
 def label_loss(forward: Forward) -> LossSum:
     """loss_sum(params, batch, rng) of a classifier: the sigmoid cross-entropy of each class logit against
-    batch["labels"] ([batch, classes], 1 = present), summed, and the number of (image, class) pairs, so
-    that the step's loss is the mean per class and image."""
+    batch["labels"] ([batch, classes], 1 = present), summed over the rows of weight 1 (batch["weights"]
+    [batch]; 0: a padding row), and the number of their (image, class) pairs, so that the step's loss is
+    the mean per class and image."""
     def loss_sum(params, batch, rng):
-        labels = batch["labels"].astype(jnp.float32)
+        labels, weights = batch["labels"].astype(jnp.float32), batch["weights"].astype(jnp.float32)
         losses = optax.sigmoid_binary_cross_entropy(forward(params, batch, rng), labels)
-        return jnp.sum(losses), jnp.float32(labels.size)
+        return jnp.sum(losses * weights[:, None]), jnp.sum(weights) * labels.shape[-1]
 
     return loss_sum
 

@@ -136,7 +136,7 @@ def abstract_batch(experiment: Experiment, run: Run) -> dict[str, jax.ShapeDtype
     if isinstance(run.model_config, ClassifierConfig):
         size = run.model_config.vision.image_size
         return {"images": spec((batch, size, size, 3), jnp.float32),
-                "labels": spec((batch, run.model_config.num_classes), jnp.float32)}
+                "labels": spec((batch, run.model_config.num_classes), jnp.float32), "weights": spec((batch,), jnp.float32)}
     if isinstance(run.model_config, VLMConfig):
         size, per_row = run.model_config.vision.image_size, experiment.train.images_per_row
         out["images"] = spec((batch, per_row, size, size, 3), jnp.float32)
