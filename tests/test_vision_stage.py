@@ -62,18 +62,18 @@ def test_attention_pool_head_and_sigmoid_loss_match_numpy():
     params = init_params(config, jax.random.key(0))
     params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)  # bias != 0
     images = jax.random.normal(jax.random.key(2), (3, config.vision.image_size, config.vision.image_size, 3))
-    logits = np.asarray(model.apply({"params": params}, images))
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, images))  # jit: one compile, not one per op
     assert logits.shape == (3, len(world.CLASSES))
-    tokens = build_model(config.vision).apply({"params": params["vision"]}, images)
     from mvlm_jax.models.projectors import Projector
 
-    features = Projector(config.projector, config.embed_dim).apply({"params": params["projector"]}, tokens)
+    features = jax.jit(lambda p, x: Projector(config.projector, config.embed_dim).apply(
+        {"params": p["projector"]}, build_model(config.vision).apply({"params": p["vision"]}, x)))(params, images)
     np.testing.assert_allclose(logits, reference_logits(params, np.asarray(features, np.float64)), atol=1e-4)
 
     labels = (np.arange(3 * logits.shape[1]).reshape(logits.shape) % 3 == 0).astype(np.float32)
     loss = label_loss(lambda p, batch, rng: model.apply({"params": p}, batch["images"]))
     weights = np.array([1.0, 0.0, 1.0], np.float32)  # the middle row pads a held-out batch: not counted
-    total, count = loss(params, {"images": images, "labels": labels, "weights": weights}, jax.random.key(0))
+    total, count = jax.jit(loss)(params, {"images": images, "labels": labels, "weights": weights}, jax.random.key(0))
     x = logits.astype(np.float64)
     expected = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # stable sigmoid cross-entropy
     assert count == 2 * labels.shape[1]
