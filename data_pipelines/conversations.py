@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from pathlib import Path
 
 import grain
@@ -170,16 +171,31 @@ class PackedRows:
         self.has_image = np.asarray(examples.has_image)
         self._epochs: list[list[np.ndarray]] = []
         self._row_starts = [0]  # first global row of each computed epoch
+        # grain reads rows from several threads: packing an epoch and recording where it starts must be
+        # one step, or two threads that reach a new epoch together can record another epoch's length at
+        # its place and map rows to the wrong examples from then on (a demo's stage 2 diverged at its
+        # second epoch in one run of two).
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}  # grain pickles to workers
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _epoch_rows(self, epoch: int) -> list[np.ndarray]:
-        while len(self._epochs) <= epoch:
-            e = len(self._epochs)
-            order = np.random.default_rng([self.config.seed, e]).permutation(len(self.lengths))
-            rows = pack_rows(self.lengths, self.has_image, order, self.config.seq_len, self.config.images_per_row,
-                             self.config.pack, self.config.packer)
-            self._epochs.append(rows)
-            self._row_starts.append(self._row_starts[-1] + len(rows))
-        return self._epochs[epoch]
+        if len(self._row_starts) > epoch + 1:  # computed: epochs and row starts are appended together
+            return self._epochs[epoch]
+        with self._lock:
+            while len(self._epochs) <= epoch:
+                e = len(self._epochs)
+                order = np.random.default_rng([self.config.seed, e]).permutation(len(self.lengths))
+                rows = pack_rows(self.lengths, self.has_image, order, self.config.seq_len,
+                                 self.config.images_per_row, self.config.pack, self.config.packer)
+                self._epochs.append(rows)
+                self._row_starts.append(self._row_starts[-1] + len(rows))
+            return self._epochs[epoch]
 
     def __len__(self) -> int:
         if self.config.num_epochs is None:

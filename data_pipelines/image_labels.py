@@ -87,9 +87,11 @@ class LabelledImages:
         epoch, position = divmod(i, len(self.paths))
         if not self.shuffle:
             return position
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.config.seed, epoch]).permutation(len(self.paths)))
-        return int(self._order[1][position])
+        order = self._order  # one read: grain's reader threads may replace it for another epoch meanwhile
+        if order is None or order[0] != epoch:
+            order = (epoch, np.random.default_rng([self.config.seed, epoch]).permutation(len(self.paths)))
+            self._order = order
+        return int(order[1][position])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         k = self._index(i)

@@ -252,3 +252,24 @@ def test_llava_llama_2_generation_prompt_ends_at_the_answer(world):
     assert tokenizer.decode(ids[ids >= 0]).endswith("\nIs it big? [/INST]")
     with pytest.raises(ValueError, match="a training conversation must end with an answer"):
         segments_for("llava_llama_2", LLAMA_2_TURNS[:1], has_image=False)
+
+
+def test_rows_read_from_many_threads_map_to_the_examples_of_one_reader(world):
+    """grain reads rows from several threads; threads that reach new epochs together must see the same
+    row -> examples map as one reader (a race here changed a demo's stage 2 at its second epoch)."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, tokenizer = world
+    cfg = sft_config(root, tokenizer, batch_size=2)
+    examples = prepare_examples(cfg, Tokenizer(tokenizer.path))
+    reference = PackedRows(cfg, examples)
+    wanted = range(0, reference.epoch_rows(6), 7)
+    expected = [list(reference.locate(row)) for row in wanted]
+    for _ in range(5):
+        rows = PackedRows(cfg, examples)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda row: list(rows.locate(row)), wanted))
+        assert got == expected
+    copy = pickle.loads(pickle.dumps(reference))  # what grain sends to worker processes
+    assert [list(copy.locate(row)) for row in wanted] == expected
