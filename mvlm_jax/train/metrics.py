@@ -73,19 +73,23 @@ def trained_llm_share(config: Any, trainable: Any, frozen: Any) -> float:
     return trained / max(trained + count(llm_part(frozen)), 1)
 
 
+def tower_forward_flops(config: Any) -> float:
+    """Multiply-add FLOPs of one image through the tower (a VisionConfig): 2 per parameter per position."""
+    return vit_params(config) * config.num_positions * 2
+
+
 def step_flops(config: Any, tokens: int, seq_len: int, images: int = 0, trained_share: float = 1.0) -> float:
     """Training FLOPs of one optimizer step over `tokens` tokens and `images` images; `trained_share`:
     the fraction of the LLM's weights that get gradients. A classifier: forward and backward of the tower and
     projector per image (its head is left out: one query over the tokens)."""
     if isinstance(config, ClassifierConfig):
-        tower = vit_params(config.vision) * config.vision.num_positions * 2
         projector = (projector_forward_flops(config.projector, config.vision.width, config.embed_dim,
                                              config.vision.num_output_tokens) if config.projector else 0.0)
-        return 3 * (tower + projector) * images
+        return 3 * (tower_forward_flops(config.vision) + projector) * images
     llm = config.llm if isinstance(config, VLMConfig) else config
     flops = llm_flops_per_token(llm, seq_len, trained_share) * tokens
     if isinstance(config, VLMConfig) and images:
-        tower = vit_params(config.vision) * config.vision.num_positions * 2  # forward only
+        tower = tower_forward_flops(config.vision)  # forward only
         projector = 3 * projector_forward_flops(config.projector, config.vision.width, llm.hidden_size,
                                                 config.vision.num_output_tokens)
         flops += (tower + projector) * images
