@@ -4,6 +4,11 @@ A file is a JSON list (or JSON Lines, optionally .gz / .zst: data_pipelines.reco
 several labels per image make it multi-label, as ImageNet-21k is trained with sigmoid losses. Labels are
 names from config.data.classes, in that order in the multi-hot vector.
 
+A head that classifies every token (config.model.classifier.head = "tokens") needs where things are: each
+record then also holds "regions": [{"box": [x0, y0, x1, y1], "labels": [names]}, ...], boxes in pixels of
+the image as stored (x right, y down, as COCO's xyxy). A token's targets are the labels of every box that
+holds its cell's centre, after the same pad-or-crop to a square as the image (`token_labels`).
+
 The stream is grain MapDataset batches behind data_pipelines.stream.BatchStream, so a run resumes at its
 exact batch: element i is epoch i // n's permutation (seed + epoch) at position i % n, every epoch
 reshuffled and every process reading elements p, p + P, ... of the one global order.
@@ -17,7 +22,7 @@ import grain
 import numpy as np
 
 from data_pipelines.errors import BadInput, MissingInput
-from data_pipelines.images import preprocess_file
+from data_pipelines.images import load_image, preprocess, square_box
 from data_pipelines.records import Problem, iter_records
 from data_pipelines.tokenizer import file_sha256
 from data_pipelines.stream import BatchStream, ReadOptions, fingerprint
@@ -35,16 +40,51 @@ class ImageLabelData:
     pad_images: bool = True
     seed: int = 0
     read: ReadOptions = ReadOptions()
+    token_grid: int = 0  # > 0: per-token targets on a token_grid x token_grid grid from the records' regions
 
 
-def read_examples(config: ImageLabelData) -> tuple[list[Path], np.ndarray]:
-    """(image paths, multi-hot labels [n, classes] float32) of every record of config.files, in file order.
-    Unreadable JSON, a record without an image or labels, an unknown label or a missing image file is an
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """Every record of the files, in file order: image paths, multi-hot labels [n, classes] float32 and,
+    when the records have regions, each record's boxes [k, 4] float32 (pixels) and their multi-hot labels
+    [k, classes] (empty tuple otherwise)."""
+    paths: list[Path]
+    labels: np.ndarray
+    regions: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+
+
+def _multi_hot(names: list, index: dict[str, int], where: str) -> np.ndarray:
+    unknown = [name for name in names if name not in index]
+    if unknown:
+        raise BadInput(f"{where}: labels {unknown} are not in config.data.classes")
+    row = np.zeros(len(index), np.float32)
+    row[[index[name] for name in names]] = 1.0
+    return row
+
+
+def _regions(value, index: dict[str, int], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A record's "regions" -> (boxes [k, 4], multi-hot labels [k, classes]); BadInput naming the region."""
+    if not isinstance(value, list):
+        raise BadInput(f"{where}: a token head needs 'regions': [{{'box': [x0, y0, x1, y1], 'labels': [names]}}]")
+    boxes, labels = np.zeros((len(value), 4), np.float32), np.zeros((len(value), len(index)), np.float32)
+    for k, region in enumerate(value):
+        box = region.get("box") if isinstance(region, dict) else None
+        if (not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box)
+                or not (box[0] < box[2] and box[1] < box[3]) or not isinstance(region.get("labels"), list)):
+            raise BadInput(f"{where}: regions[{k}] {region!r}: expected {{'box': [x0, y0, x1, y1] with x0 < x1 "
+                           "and y0 < y1, 'labels': [names]}")
+        boxes[k], labels[k] = box, _multi_hot(region["labels"], index, f"{where}: regions[{k}]")
+    return boxes, labels
+
+
+def read_examples(config: ImageLabelData) -> Examples:
+    """Every record of config.files, in file order. Unreadable JSON, a record without an image or labels,
+    an unknown label, a missing image file or (with config.token_grid) missing or malformed regions is an
     error naming the file and line (data_pipelines.records)."""
     if not config.classes:
         raise BadInput("config.data.classes is empty: name the classes the labels refer to")
     index = {name: k for k, name in enumerate(config.classes)}
-    paths, labels = [], []
+    paths, labels, regions = [], [], []
     for file in config.files:
         if not Path(file).is_file():
             raise MissingInput(f"{file}: no such image-label file (config.data.files)")
@@ -55,65 +95,81 @@ def read_examples(config: ImageLabelData) -> tuple[list[Path], np.ndarray]:
             where, record = f"{item.path}:{item.line}", item.data
             if not isinstance(record.get("image"), str) or not isinstance(record.get("labels"), list):
                 raise BadInput(f"{where}: expected {{'image': path, 'labels': [names]}}")
-            unknown = [label for label in record["labels"] if label not in index]
-            if unknown:
-                raise BadInput(f"{where}: labels {unknown} are not in config.data.classes")
+            labels.append(_multi_hot(record["labels"], index, where))
+            if config.token_grid:
+                regions.append(_regions(record.get("regions"), index, where))
             image = root / record["image"]
             if not image.is_file():
                 raise MissingInput(f"{where}: image {image} not found")
-            row = np.zeros(len(config.classes), np.float32)
-            row[[index[label] for label in record["labels"]]] = 1.0
             paths.append(image)
-            labels.append(row)
     if not paths:
         raise BadInput(f"{list(config.files)}: no labelled images")
-    return paths, np.stack(labels)
+    return Examples(paths, np.stack(labels), tuple(regions))
+
+
+def token_targets(boxes: np.ndarray, labels: np.ndarray, grid: int) -> np.ndarray:
+    """boxes [k, 4] in [0, 1] square coordinates, labels [k, classes] -> float32 [grid * grid, classes],
+    row-major tokens (the projector's order): each token gets the labels of every box holding its cell's
+    centre (a cell touched only at its edge gets none)."""
+    centres = (np.arange(grid) + 0.5) / grid
+    in_x = (boxes[:, 0, None] <= centres) & (centres < boxes[:, 2, None])  # [k, grid]
+    in_y = (boxes[:, 1, None] <= centres) & (centres < boxes[:, 3, None])
+    covered = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(boxes), grid * grid)
+    return (covered.T.astype(np.float32) @ labels > 0).astype(np.float32)
 
 
 class LabelledImages:
     """grain source: element i = {"images": float32 [size, size, 3], "labels": float32 [classes],
-    "weights": 1.0 (0 marks a padding row of the held-out batches)}, epoch i // n in the permutation of
-    seed + epoch (or in file order with `shuffle=False`)."""
+    "weights": 1.0 (0 marks a padding row of the held-out batches)} and, with config.token_grid = g,
+    "token_labels": float32 [g * g, classes]; epoch i // n in the permutation of seed + epoch (or in file
+    order with `shuffle=False`)."""
 
-    def __init__(self, config: ImageLabelData, paths: list[Path], labels: np.ndarray, epochs: int = EPOCHS,
-                 shuffle: bool = True):
-        self.config, self.paths, self.labels, self.epochs, self.shuffle = config, paths, labels, epochs, shuffle
+    def __init__(self, config: ImageLabelData, examples: Examples, epochs: int = EPOCHS, shuffle: bool = True):
+        self.config, self.examples, self.epochs, self.shuffle = config, examples, epochs, shuffle
         self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.paths) * self.epochs
+        return len(self.examples.paths) * self.epochs
 
     def _index(self, i: int) -> int:
-        epoch, position = divmod(i, len(self.paths))
+        epoch, position = divmod(i, len(self.examples.paths))
         if not self.shuffle:
             return position
         order = self._order  # one read: grain's reader threads may replace it for another epoch meanwhile
         if order is None or order[0] != epoch:
-            order = (epoch, np.random.default_rng([self.config.seed, epoch]).permutation(len(self.paths)))
+            order = (epoch, np.random.default_rng([self.config.seed, epoch]).permutation(len(self.examples.paths)))
             self._order = order
         return int(order[1][position])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        k = self._index(i)
-        return {"images": preprocess_file(self.paths[k], self.config.image_size, self.config.pad_images),
-                "labels": self.labels[k], "weights": np.float32(1.0)}
+        k, config = self._index(i), self.config
+        # as data_pipelines.images.preprocess_file reads it (transparency dropped, not composited)
+        image = load_image(self.examples.paths[k], composite_alpha=False)
+        element = {"images": preprocess(image, config.image_size, config.pad_images),
+                   "labels": self.examples.labels[k], "weights": np.float32(1.0)}
+        if config.token_grid:
+            boxes, labels = self.examples.regions[k]
+            square = np.array([square_box(box, image.width, image.height, config.pad_images) for box in boxes],
+                              np.float32).reshape(-1, 4)
+            element["token_labels"] = token_targets(square, labels, config.token_grid)
+        return element
 
 
 def build_image_label_dataset(config: ImageLabelData, process_index: int = 0, process_count: int = 1) -> BatchStream:
     """The batched, resumable stream of this process: {"images": [b, size, size, 3], "labels": [b, classes],
-    "weights": [b]}."""
+    "weights": [b]} (and "token_labels": [b, grid * grid, classes] with config.token_grid)."""
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
-    paths, labels = read_examples(config)
-    elements = grain.MapDataset.source(LabelledImages(config, paths, labels))
+    elements = grain.MapDataset.source(LabelledImages(config, read_examples(config)))
     batches = elements[process_index::process_count].batch(config.batch_size // process_count, drop_remainder=True)
     order = {"files": [file_sha256(path) for path in config.files], "classes": list(config.classes),
              "batch_size": config.batch_size, "seed": config.seed}
+    if config.token_grid:  # kept out otherwise: the fingerprints of earlier runs stay valid
+        order["token_grid"] = config.token_grid
     return BatchStream(batches, config.read, fingerprint(order))
 
 
 def held_out_rows(config: ImageLabelData) -> LabelledImages:
     """One epoch of the held-out files in file order (the fixed validation batches)."""
-    paths, labels = read_examples(config)
-    return LabelledImages(config, paths, labels, epochs=1, shuffle=False)
+    return LabelledImages(config, read_examples(config), epochs=1, shuffle=False)
 

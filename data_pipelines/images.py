@@ -124,6 +124,22 @@ def square_pixels(image: Image.Image, size: int, pad: bool = True) -> np.ndarray
     return center_crop(np.asarray(resize_shortest_edge(rgb, size), dtype=np.uint8), size)
 
 
+def square_box(box: tuple[float, float, float, float], width: int, height: int, pad: bool = True
+               ) -> tuple[float, float, float, float]:
+    """A box [x0, y0, x1, y1] in pixels of a width x height image -> the same box in [0, 1] coordinates of
+    square_pixels' output (x right, y down): pad=True places the image in its padded square as pad_to_square
+    does; pad=False keeps the centred square of side min(width, height) that the resize and centre crop
+    keep (to within the crop's rounding of a pixel). Parts outside the square fall outside [0, 1]."""
+    x0, y0, x1, y1 = box
+    if pad:  # the image's origin sits at (dx, dy) in its square
+        side = max(width, height)
+        dx, dy = (0, (width - height) // 2) if width > height else ((height - width) // 2, 0)
+    else:  # the square's origin sits at (-dx, -dy) in the image
+        side = min(width, height)
+        dx, dy = -(width - side) / 2, -(height - side) / 2
+    return (x0 + dx) / side, (y0 + dy) / side, (x1 + dx) / side, (y1 + dy) / side
+
+
 def preprocess(image: Image.Image, size: int, pad: bool = True) -> np.ndarray:
     """PIL image (any mode, any resolution) -> float32 [size, size, 3] HWC, CLIP-normalised (see
     square_pixels for `pad`)."""

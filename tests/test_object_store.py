@@ -82,7 +82,11 @@ def unreachable(tmp_path_factory):
     connection with backoff for about 30 s before it gives up, time the other tests use meanwhile."""
     tmp = tmp_path_factory.mktemp("unreachable")
     (tmp / "staging").mkdir()
-    env = {**os.environ, **gcs_env(f"http://127.0.0.1:{free_port()}"), "JAX_PLATFORMS": "cpu",
+    # The port stays bound, never listening, until the module ends: connections to it are refused, and no
+    # emulator started meanwhile (this module's or a parallel test's) can be handed the same port.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    env = {**os.environ, **gcs_env(f"http://127.0.0.1:{closed.getsockname()[1]}"), "JAX_PLATFORMS": "cpu",
            "TMPDIR": str(tmp / "staging")}
     commands = {"train": train_command(f"gs://{BUCKET}/unreachable", tmp / "never-prepared", 2),
                 "save": [sys.executable, "-c", UNREACHABLE_SAVE]}
@@ -92,6 +96,7 @@ def unreachable(tmp_path_factory):
     yield {"processes": started, "tmp": tmp, "endpoint": env["STORAGE_EMULATOR_HOST"]}
     for process in started.values():
         process.kill()
+    closed.close()
 
 
 @pytest.fixture(scope="module")

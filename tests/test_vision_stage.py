@@ -87,8 +87,46 @@ def test_labels_name_the_scene(data):
     assert len(records) == len(scenes)
     for record in records:
         objects = scenes[record["id"]]["objects"]
-        expected = {o["shape"] for o in objects} | {f"{o['color']} {o['shape']}" for o in objects}
-        assert set(record["labels"]) == expected and set(record["labels"]) <= set(world.CLASSES)
+        expected = [{o["shape"], f"{o['color']} {o['shape']}", o["size"]} for o in objects]
+        assert set(record["labels"]) == set().union(*expected) and set(record["labels"]) <= set(world.CLASSES)
+        # one region per object: its box is its centre +- its radius, its labels its own classes
+        assert len(record["regions"]) == len(objects)
+        for region, o, names in zip(record["regions"], objects, expected):
+            (cx, cy), r = o["center"], o["radius"]
+            np.testing.assert_allclose(region["box"], [cx - r, cy - r, cx + r, cy + r], atol=0.02)
+            assert set(region["labels"]) == names
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("size", [(90, 60), (60, 90), (70, 70)])
+def test_boxes_follow_the_image_into_its_square(pad, size):
+    """A box drawn into a non-square image lands where square_pixels puts its pixels (pad or crop), to
+    within a pixel of the 64-pixel output."""
+    from PIL import Image, ImageDraw
+
+    from data_pipelines.images import square_box, square_pixels
+
+    box = (30, 20, 50, 45)  # inside the centred square of every size above
+    image = Image.new("RGB", size, (0, 0, 0))
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255))
+    lit = np.argwhere(square_pixels(image, 64, pad).mean(-1) > 127)  # (row, col) of the box's pixels
+    x0, y0, x1, y1 = 64 * np.asarray(square_box(box, *size, pad))
+    assert abs(lit[:, 1].min() - x0) <= 1 and abs(lit[:, 1].max() + 1 - x1) <= 1
+    assert abs(lit[:, 0].min() - y0) <= 1 and abs(lit[:, 0].max() + 1 - y1) <= 1
+
+
+def test_token_targets_are_the_labels_of_the_boxes_over_each_token_centre():
+    from data_pipelines.image_labels import token_targets
+
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.3, 0.3, 1.0, 0.6]], np.float32)
+    labels = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
+    targets = token_targets(boxes, labels, 4).reshape(4, 4, 3)  # cell centres 0.125, 0.375, 0.625, 0.875
+    np.testing.assert_array_equal(targets[0, 0], [1, 0, 1])  # first box only
+    np.testing.assert_array_equal(targets[1, 1], [1, 1, 1])  # (0.375, 0.375): both boxes
+    np.testing.assert_array_equal(targets[1, 3], [0, 1, 1])  # second box only
+    np.testing.assert_array_equal(targets[3, 3], [0, 0, 0])  # background
+    np.testing.assert_array_equal(targets[2, 0], [0, 0, 0])  # y 0.625 is below the second box's 0.6
+    assert token_targets(np.zeros((0, 4), np.float32), np.zeros((0, 3), np.float32), 4).shape == (16, 3)
 
 
 def stream_config(paths, **changes):
@@ -100,7 +138,7 @@ def stream_config(paths, **changes):
 def test_the_stream_reshuffles_each_epoch_and_resumes_at_its_batch(data):
     _, paths = data
     config = stream_config(paths)
-    _, labels = read_examples(config)
+    labels = read_examples(config).labels
     n = len(labels)
     stream = build_image_label_dataset(config)
     first = [next(stream) for _ in range(3)]
@@ -114,7 +152,7 @@ def test_the_stream_reshuffles_each_epoch_and_resumes_at_its_batch(data):
         got = next(resumed)
         np.testing.assert_array_equal(got["images"], expected["images"])
         np.testing.assert_array_equal(got["labels"], expected["labels"])
-    source = LabelledImages(config, *read_examples(config))
+    source = LabelledImages(config, read_examples(config))
     orders = [[int(np.flatnonzero(np.all(labels == source[epoch * n + i]["labels"], axis=1))[0]) for i in range(8)]
               for epoch in (0, 1)]
     assert orders[0] != orders[1]  # the second epoch is another permutation
@@ -135,6 +173,18 @@ def test_bad_records_are_named(data, tmp_path):
     bad.write_text('[{"image": "train/000000.png", "labels": [}]')
     with pytest.raises(BadInput, match=r"labels\.json:1"):
         read_examples(stream_config(paths, files=(str(bad),)))
+    # a token head needs each record's regions, each a box and labels
+    bad.write_text(json.dumps([{"image": "train/000000.png", "labels": ["red circle"]}]))
+    with pytest.raises(BadInput, match=r"labels\.json:1: a token head needs 'regions'"):
+        read_examples(stream_config(paths, files=(str(bad),), token_grid=4))
+    bad.write_text(json.dumps([{"image": "train/000000.png", "labels": [],
+                                "regions": [{"box": [0, 0, 4, 4], "labels": []}, {"box": [5, 5, 2, 9], "labels": []}]}]))
+    with pytest.raises(BadInput, match=r"labels\.json:1: regions\[1\]"):
+        read_examples(stream_config(paths, files=(str(bad),), token_grid=4))
+    bad.write_text(json.dumps([{"image": "train/000000.png", "labels": [],
+                                "regions": [{"box": [0, 0, 4, 4], "labels": ["mauve blob"]}]}]))
+    with pytest.raises(BadInput, match=r"labels\.json:1: regions\[0\]: labels \['mauve blob'\]"):
+        read_examples(stream_config(paths, files=(str(bad),), token_grid=4))
 
 
 def test_a_classifier_stage_hands_its_tower_and_projector_to_a_vlm_stage(data, tmp_path):
@@ -182,3 +232,28 @@ def test_a_loss_that_does_not_fit_the_model_is_refused(data, tmp_path):
     config.loss.kind = "cross_entropy"
     with pytest.raises(BadInput, match="sigmoid_cross_entropy"):
         train(config, str(tmp_path / "run"))
+
+
+def test_a_token_head_trains_each_token_against_the_boxes_it_lies_in(data, tmp_path):
+    """head="tokens": every projector token gets logits; the stage's held-out loss is the mean sigmoid
+    cross-entropy per token and class against the token targets of the regions, padding rows left out."""
+    root, paths = data
+    config = vision.get_config("tiny")
+    with config.unlocked():
+        config.data.files, config.data.image_root = (paths["labels"],), paths["images"]
+    config.data.embedded.root = str(root)
+    config.model.classifier.head = "tokens"
+    config.train.total_steps, config.checkpoint.every, config.eval.every = 4, 4, 4
+    config.optim.warmup_steps = 1
+    history = train(config, str(tmp_path / "tokens"))
+    params, trained_config = load_model(tmp_path / "tokens" / "model")
+    grid = trained_config.token_grid  # 64-pixel images, patch 14 -> 4x4 tower tokens -> 2x2 after the LDP
+    assert grid * grid == trained_config.num_output_tokens and "pool" not in params
+    held_out = held_out_rows(stream_config(paths, files=(paths["labels_val"],), token_grid=grid))
+    images = np.stack([held_out[i]["images"] for i in range(len(held_out))])
+    targets = np.stack([held_out[i]["token_labels"] for i in range(len(held_out))])
+    assert targets.shape == (12, grid * grid, len(world.CLASSES)) and 0 < targets.mean() < 0.5
+    x = np.asarray(build_model(trained_config).apply({"params": params}, images), np.float64)
+    assert x.shape == targets.shape
+    expected = np.mean(np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x))))
+    np.testing.assert_allclose(history[-1]["val_loss"], expected, rtol=1e-4)

@@ -34,7 +34,7 @@ SIZES: dict[str, dict] = {
     "small": {"scenes": 800, "corpus": 2000, "sharegpt": 800, "turns": (1, 3)},
     "demo": {"scenes": 4000, "corpus": 8000, "sharegpt": 3000, "turns": (4, 8)},
 }
-FORMAT, VERSION = "mvlm-embedded", 3  # 2: the demo size asks 4 to 8 questions per image conversation; 3: labels_*.json
+FORMAT, VERSION = "mvlm-embedded", 4  # 2: the demo size asks 4 to 8 questions per image conversation; 3: labels_*.json; 4: sizes among the labels, object boxes (regions)
 CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption for the picture.",
                    "What does the image show?", "Give a one-line description of this image.")
 # Stream ids keep the random sequences of different outputs independent of one another.
@@ -103,7 +103,8 @@ def _write_split(w: _Writer, split: int, name: str, scene_ids: list[int], seed: 
         scene = world.sample_scene(_rng(_SCENE, seed, idx))
         w.bytes(f"images/{image}", world.png_bytes(world.render(scene, image_size)))
         scenes.append({"id": sid, "image": image, "objects": scene.to_json(image_size)})
-        image_labels.append({"id": sid, "image": image, "labels": world.labels(scene)})
+        image_labels.append({"id": sid, "image": image, "labels": world.labels(scene),
+                             "regions": world.regions(scene, image_size)})
         prompt = CAPTION_PROMPTS[int(_rng(_PROMPT, seed, idx).integers(len(CAPTION_PROMPTS)))]
         captions.append({"id": sid, "image": image, "conversations": [
             {"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": world.caption(scene)}]})

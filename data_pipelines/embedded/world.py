@@ -131,15 +131,32 @@ def caption(scene: Scene) -> str:
     return _join([f"a {o.phrase} {_where(scene, o)}" for o in scene.objects]) + "."
 
 
-# Image classes for classification pretraining of the tower (data_pipelines/image_labels.py): each shape
-# present, and each colour-shape pair present; multi-label, as a scene holds up to four objects.
-CLASSES: tuple[str, ...] = SHAPES + tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+# Image classes for vision pretraining of the tower (data_pipelines/image_labels.py): each shape, each
+# colour-shape pair and each size present; multi-label, as a scene holds up to four objects. Each object's
+# box carries its own three (regions), for heads that classify every token.
+CLASSES: tuple[str, ...] = SHAPES + tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES) + SIZES
+
+
+def _classes_of(o: Obj) -> set[str]:
+    return {o.shape, f"{o.color} {o.shape}", o.size}
 
 
 def labels(scene: Scene) -> list[str]:
     """The scene's classes (names in CLASSES), each once, in CLASSES order."""
-    present = {o.shape for o in scene.objects} | {f"{o.color} {o.shape}" for o in scene.objects}
+    present = set().union(*(_classes_of(o) for o in scene.objects))
     return [name for name in CLASSES if name in present]
+
+
+def regions(scene: Scene, image_size: int) -> list[dict]:
+    """Each object's box [x0, y0, x1, y1] in pixels of the rendered image (its centre +- its radius) and
+    its classes, in CLASSES order."""
+    out = []
+    for o in scene.objects:
+        cx, cy, r = o.geometry(image_size)
+        names = _classes_of(o)
+        out.append({"box": [round(cx - r, 2), round(cy - r, 2), round(cx + r, 2), round(cy + r, 2)],
+                    "labels": [name for name in CLASSES if name in names]})
+    return out
 
 
 def describe(scene: Scene) -> str:

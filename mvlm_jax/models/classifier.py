@@ -44,7 +44,8 @@ class ImageClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        """images: [batch, H, W, 3] normalised pixels -> float32 logits [batch, num_classes]."""
+        """images: [batch, H, W, 3] normalised pixels -> float32 logits [batch, num_classes], or with the
+        "tokens" head [batch, tokens, num_classes] (the projector's or tower's tokens, row-major)."""
         cfg = self.config
         tokens = VisionTower(cfg.vision, name="vision")(images)
         if cfg.projector is not None:
@@ -53,7 +54,9 @@ class ImageClassifier(nn.Module):
             pooled = AttentionPool(cfg.head_heads, name="pool")(tokens.astype(jnp.float32))
         elif cfg.head == "gap":
             pooled = jnp.mean(tokens.astype(jnp.float32), axis=1)
+        elif cfg.head == "tokens":  # one linear read-out per token: its label must be in the token itself
+            pooled = tokens.astype(jnp.float32)
         else:
-            raise ValueError(f"classifier head {cfg.head!r}; expected map or gap")
+            raise ValueError(f"classifier head {cfg.head!r}; expected map, gap or tokens")
         pooled = LayerNorm(name="norm")(pooled)
         return Linear(cfg.num_classes, (None, None), use_bias=True, name="classes")(pooled).astype(jnp.float32)

@@ -6,6 +6,7 @@ parameters so that it can be rebuilt without the experiment file that trained it
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from data_pipelines.templates import IMAGE_TOKEN
@@ -166,20 +167,36 @@ class ClassifierConfig:
     """Image classification pretraining of a vision tower (paper Table 8's "classification" paradigm):
     the tower, optionally the projector into an LLM's width `embed_dim` (so that the VLM that starts from
     it receives tokens that already separate the classes), a pooling head over the tokens and one logit
-    per class. `head`: "map" (attention pooling with one learned query, as big_vision's MAP head) or "gap"
-    (mean over tokens). Parameters: vision/, projector/ (the VLM's names: `init_from` takes them from
-    here), then the head's pool/ (map only), norm/ and classes/."""
+    per class. `head`: "map" (attention pooling with one learned query, as big_vision's MAP head), "gap"
+    (mean over tokens) or "tokens" (no pooling: every output token gets its own logits, trained against the
+    labels of the boxes it lies in: dense, grounded supervision). Parameters: vision/, projector/ (the VLM's
+    names: `init_from` takes them from here), then the head's pool/ (map only), norm/ and classes/."""
 
     vision: VisionConfig
     projector: ProjectorConfig | None
     num_classes: int
     embed_dim: int = 0  # the projector's output width (an LLM's hidden size); 0 with no projector
-    head: Literal["map", "gap"] = "map"
+    head: Literal["map", "gap", "tokens"] = "map"
     head_heads: int = 4
 
     @property
     def feature_width(self) -> int:
         return self.embed_dim if self.projector is not None else self.vision.width
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens the head sees: the projector's (the VLM's visual tokens) or the tower's."""
+        tokens = self.vision.num_output_tokens
+        return projector_output_tokens(self.projector, tokens) if self.projector is not None else tokens
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the square grid of output tokens that a "tokens" head classifies (row-major)."""
+        side = math.isqrt(self.num_output_tokens)
+        if side * side != self.num_output_tokens:
+            raise ValueError(f"classifier head 'tokens' needs a square grid of tokens, got {self.num_output_tokens} "
+                             "(a tower with a class token: select_feature='patch')")
+        return side
 
 
 def with_rope_scaling(config: LlamaConfig, factor: float, original: int | None = None) -> LlamaConfig:

@@ -7,6 +7,7 @@ so the loss is the mean per target token of the whole global batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -75,15 +76,19 @@ def token_loss(kind: str = "cross_entropy", label_smoothing: float = 0.0) -> Tok
     return smoothed_cross_entropy(label_smoothing) if label_smoothing else cross_entropy_sum
 
 
-def label_loss(forward: Forward) -> LossSum:
+def label_loss(forward: Forward, per_token: bool = False) -> LossSum:
     """loss_sum(params, batch, rng) of a classifier: the sigmoid cross-entropy of each class logit against
-    batch["labels"] ([batch, classes], 1 = present), summed over the rows of weight 1 (batch["weights"]
-    [batch]; 0: a padding row), and the number of their (image, class) pairs, so that the step's loss is
-    the mean per class and image."""
+    batch["labels"] ([batch, classes], 1 = present), or with `per_token` of each token's logits against
+    batch["token_labels"] ([batch, tokens, classes]), summed over the rows of weight 1 (batch["weights"]
+    [batch]; 0: a padding row), and the number of their (image or token, class) pairs, so that the step's
+    loss is the mean per class and image (or token)."""
+    key = "token_labels" if per_token else "labels"
+
     def loss_sum(params, batch, rng):
-        labels, weights = batch["labels"].astype(jnp.float32), batch["weights"].astype(jnp.float32)
+        labels, weights = batch[key].astype(jnp.float32), batch["weights"].astype(jnp.float32)
         losses = optax.sigmoid_binary_cross_entropy(forward(params, batch, rng), labels)
-        return jnp.sum(losses * weights[:, None]), jnp.sum(weights) * labels.shape[-1]
+        weights = weights.reshape(weights.shape + (1,) * (losses.ndim - 1))
+        return jnp.sum(losses * weights), jnp.sum(weights) * math.prod(labels.shape[1:])
 
     return loss_sum
 

@@ -84,7 +84,7 @@ def build_run(experiment: Experiment, devices: list | None = None) -> Run:
         raise BadInput(f"config.loss.kind {experiment.loss.kind!r} does not fit config.model.kind: a classifier "
                        "trains with sigmoid_cross_entropy, an LLM or VLM with cross_entropy")
     if classifier:
-        train_loss = eval_loss = label_loss(batch_forward(model, model_config))
+        train_loss = eval_loss = label_loss(batch_forward(model, model_config), model_config.head == "tokens")
     else:
         tokens_loss = token_loss(experiment.loss.kind, experiment.loss.label_smoothing)
         train_loss = next_token_loss(batch_forward(model, model_config), tokens_loss)
@@ -134,9 +134,12 @@ def abstract_batch(experiment: Experiment, run: Run) -> dict[str, jax.ShapeDtype
            "loss_mask": spec((batch, seq), jnp.float32), "segment_ids": spec((batch, seq), jnp.int32),
            "positions": spec((batch, seq), jnp.int32)}
     if isinstance(run.model_config, ClassifierConfig):
-        size = run.model_config.vision.image_size
-        return {"images": spec((batch, size, size, 3), jnp.float32),
-                "labels": spec((batch, run.model_config.num_classes), jnp.float32), "weights": spec((batch,), jnp.float32)}
+        size, classes = run.model_config.vision.image_size, run.model_config.num_classes
+        out = {"images": spec((batch, size, size, 3), jnp.float32), "labels": spec((batch, classes), jnp.float32),
+               "weights": spec((batch,), jnp.float32)}
+        if run.model_config.head == "tokens":
+            out["token_labels"] = spec((batch, run.model_config.num_output_tokens, classes), jnp.float32)
+        return out
     if isinstance(run.model_config, VLMConfig):
         size, per_row = run.model_config.vision.image_size, experiment.train.images_per_row
         out["images"] = spec((batch, per_row, size, size, 3), jnp.float32)

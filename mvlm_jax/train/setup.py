@@ -58,7 +58,8 @@ def image_label_data(config: ml_collections.ConfigDict, model: ModelConfig, file
     data = config.data
     return ImageLabelData(files=files, classes=tuple(data.classes), image_size=model.vision.image_size,
                           batch_size=config.train.batch_size, image_root=data.image_root or None,
-                          pad_images=data.pad_images, seed=data.seed, read=read)
+                          pad_images=data.pad_images, seed=data.seed, read=read,
+                          token_grid=model.token_grid if model.head == "tokens" else 0)
 
 
 def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
