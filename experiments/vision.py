@@ -10,6 +10,9 @@ loss (multi-label, as big_vision trains on ImageNet-21k). A VLM stage then takes
       --config.data.classes="('cat', 'dog', ...)"
 
 Files: JSON lists (or JSONL) of {"image": path, "labels": [names]} (data_pipelines/image_labels.py).
+--config.model.classifier.head=tokens classifies every output token instead, against the records'
+"regions" (object boxes with their labels): dense, grounded supervision (docs/TRAINING.md measured it
+on the demo tower, whose tokens see too little of an object to name its shape).
 The MobileVLM recipes start from a pretrained CLIP tower instead; this stage is for towers trained here
 (the demo's) and for Table 8-style comparisons.
 """
@@ -40,7 +43,7 @@ def get_config(arg=None):
         # too, and the VLM stages start from both (docs/TRAINING.md).
         embedded_demo(c)
         c.model.llm = "demo"
-        c.train.update(total_steps=1000, batch_size=16)
+        c.train.update(total_steps=1500, batch_size=16)
         c.optim.update(learning_rate=2e-3, warmup_steps=20)
         c.checkpoint.every = 500
         c.eval.update(every=500, batches=4)

@@ -63,12 +63,12 @@ def get_config(arg=None):
         # Stage 2, the stage that sees the image questions, gets most of the 20 minutes. make demo starts
         # stage 1 from a tower and projector trained to tell the shapes apart (experiments/vision.py), so
         # stage 1 only has to bring the LLM to the new image tokens: 100 steps (docs/TRAINING.md).
-        c.train.update(total_steps={"1": 100, "2": 560, "lora": 560}[stage], batch_size=8)
+        c.train.update(total_steps={"1": 100, "2": 800, "lora": 800}[stage], batch_size=8)
         c.optim.warmup_steps = 10
         c.checkpoint.every = 100
         # val_loss twice in stage 1, 4 times in stage 2, at < 5 % of the stage's time (the first one
         # compiles the VLM's forward)
-        c.eval.update(every={"1": 50, "2": 140, "lora": 140}[stage], batches=2 if stage == "1" else 4)
+        c.eval.update(every={"1": 50, "2": 200, "lora": 200}[stage], batches=2 if stage == "1" else 4)
         return c
     # Packed rows (bench.packing, docs/TRAINING.md): the official code puts one sample per row of 2048, about
     # 90 % padding in stage 1 and 75-80 % in stage 2. Here samples share rows (attention stays inside each,

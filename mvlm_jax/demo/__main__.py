@@ -112,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tick = time.perf_counter()
     agreement = {}
     for file_type in EXPORT_TYPES:
+        stored = evaluate.stored_weights_answers(model_dir, file_type, data, eval_dir, args.llamacpp_questions)
         agreement[file_type] = evaluate.llamacpp_agreement(exported[file_type], data, eval_dir,
-                                                           args.llamacpp_questions)
-        _log(f"llama.cpp ({file_type}): the same answer as JAX for {agreement[file_type]['same_answers']} of "
-             f"{agreement[file_type]['questions']} questions")
+                                                           args.llamacpp_questions, stored)
+        a = agreement[file_type]
+        _log(f"llama.cpp ({file_type}): the same answer as JAX for {a['same_answers']} of {a['questions']} "
+             f"questions; the same tokens as JAX on the file's weights for {a['same_tokens_stored_weights']}")
     seconds["llama.cpp"] = time.perf_counter() - tick
 
     summary = report.write(workdir, [name for name, _, _ in STAGES], scores, agreement, seconds,

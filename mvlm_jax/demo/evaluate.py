@@ -71,8 +71,36 @@ def export_files(model_dir: Path, out: Path, types: Sequence[str]) -> dict[str, 
     return files
 
 
-def llamacpp_agreement(files: tuple[Path, Path], data_root: Path, out: Path, questions: int) -> dict:
-    """llama.cpp's greedy answers to the first `questions` questions, against JAX's answers to them."""
+def stored_weights_answers(model_dir: Path, file_type: str, data_root: Path, out: Path, questions: int) -> Path:
+    """JAX's answers to the first `questions` questions with the LLM weights the GGUF file of `file_type`
+    holds (export.llm_gguf.as_stored): what llama.cpp should answer if only the weights' rounding, and not
+    the runtime, separates it from the trained model. f32 stores the trained weights: the model's answers."""
+    if file_type == "f32":
+        return runner.answers_path(out, BENCHMARK, runner.MODEL_RUN)
+    from mvlm_jax.checkpoint import load_model
+    from mvlm_jax.eval.answerers import JaxAnswerer
+    from mvlm_jax.export.llm_gguf import as_stored
+    from mvlm_jax.generate.prompts import find_tokenizer
+
+    params, config = load_model(model_dir)
+    params = {**params, "llm": as_stored(params["llm"], file_type)}
+    answerer = JaxAnswerer(config, params, find_tokenizer(model_dir, None), f"jax-{file_type}-weights",
+                           f"{file_type}-weights", batch_size=BATCH_SIZE)
+    run = f"jax-{file_type}-weights"
+    return runner.answer_benchmark(BENCHMARK, benchmark.module(BENCHMARK).questions(data_root)[:questions], out,
+                                   answerer, run)
+
+
+def _same(ours: list[dict], theirs: list[dict]) -> tuple[int, int]:
+    """(same answer texts, same token ids) of two answer lists, pairwise."""
+    return (sum(a["text"] == b["text"] for a, b in zip(ours, theirs)),
+            sum(a["metadata"].get("ids") == b["metadata"].get("ids") for a, b in zip(ours, theirs)))
+
+
+def llamacpp_agreement(files: tuple[Path, Path], data_root: Path, out: Path, questions: int,
+                       stored_answers: Path | None = None) -> dict:
+    """llama.cpp's greedy answers to the first `questions` questions, against JAX's answers to them (and,
+    given `stored_answers`, against JAX's on the weights the file stores: stored_weights_answers)."""
     from mvlm_jax.eval.answerers import LlamaCppAnswerer
     from mvlm_jax.eval.demo_world import MAX_NEW_TOKENS
 
@@ -85,8 +113,10 @@ def llamacpp_agreement(files: tuple[Path, Path], data_root: Path, out: Path, que
         answerer.close()
     ours = records.read_records(runner.answers_path(out, BENCHMARK, runner.MODEL_RUN))[:questions]
     theirs = records.read_records(runner.answers_path(out, BENCHMARK, run))
-    return {"questions": len(theirs),
-            "same_answers": sum(a["text"] == b["text"] for a, b in zip(ours, theirs)),
-            "same_tokens": sum(a["metadata"].get("ids") == b["metadata"].get("ids") for a, b in zip(ours, theirs)),
-            "accuracy": score(theirs, data_root, limit=len(theirs))["accuracy"],
-            "jax_accuracy": score(ours, data_root, limit=len(theirs))["accuracy"]}
+    same_answers, same_tokens = _same(ours, theirs)
+    result = {"questions": len(theirs), "same_answers": same_answers, "same_tokens": same_tokens,
+              "accuracy": score(theirs, data_root, limit=len(theirs))["accuracy"],
+              "jax_accuracy": score(ours, data_root, limit=len(theirs))["accuracy"]}
+    if stored_answers is not None:
+        result["same_tokens_stored_weights"] = _same(records.read_records(stored_answers)[:questions], theirs)[1]
+    return result

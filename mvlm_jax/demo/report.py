@@ -61,11 +61,12 @@ def write(workdir: Path, stages: Sequence[str], scores: dict[str, dict], agreeme
         lines.append(f"| {kind} | {value:.1f}% | {blind['per_type'][kind]:.1f}% | {majority['per_type'][kind]:.1f}% |")
     lines += [f"| **all** | **{model['accuracy']:.1f}%** | {blind['accuracy']:.1f}% | {majority['accuracy']:.1f}% |",
               "", "## llama.cpp (GGUF: LLM + mmproj), same prompts and images", "",
-              "| LLM type | questions | same answer as JAX | same tokens | accuracy (llama.cpp) | accuracy (JAX) |",
-              "|---|---|---|---|---|---|"]
+              "| LLM type | questions | same answer as JAX | same tokens | same tokens as JAX on the file's weights "
+              "| accuracy (llama.cpp) | accuracy (JAX) |",
+              "|---|---|---|---|---|---|---|"]
     for file_type, a in agreement.items():
         lines.append(f"| {file_type} | {a['questions']} | {a['same_answers']} | {a['same_tokens']} | "
-                     f"{a['accuracy']:.1f}% | {a['jax_accuracy']:.1f}% |")
+                     f"{a.get('same_tokens_stored_weights', '')} | {a['accuracy']:.1f}% | {a['jax_accuracy']:.1f}% |")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
     lines += [f"| total | {total_seconds:.0f} |", "", "![loss curves](loss_curves.png)", ""]

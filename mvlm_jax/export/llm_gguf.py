@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gguf
+import jax
 import numpy as np
 import sentencepiece as spm
 
 from data_pipelines.templates import VICUNA_V1_SYSTEM
 from mvlm_jax.convert.families import llama_mapping
 from mvlm_jax.convert.mapping import export_plan
-from mvlm_jax.export.gguf_io import PlannedTensor, matrix_type, rename
+from mvlm_jax.export.gguf_io import FILE_TYPES, PlannedTensor, matrix_type, rename
 from mvlm_jax.models.config import LlamaConfig
 
 # HF LlamaForCausalLM name -> llama.cpp name (full match; \1 = layer).
@@ -86,6 +87,34 @@ def llm_tensors(params: dict[str, Any], config: LlamaConfig, wanted: gguf.GGMLQu
             load = (lambda load=load, heads=heads: rope_pairs(load(), heads))
         planned.append(PlannedTensor(name, tuple(shape), matrix_type(shape, wanted), load))
     return planned
+
+
+def as_stored(llm: dict[str, Any], file_type: str) -> dict[str, Any]:
+    """The LLM parameters (no LoRA: merge it first) as the GGUF file of `file_type` (f32, f16, q8_0: the
+    types written here, not by llama.cpp's quantizer) holds them, back in the checkpoint's layout: each
+    matrix encoded with the type llm_tensors gives it (blocks along the input dimension, GGUF's ne[0]) and
+    decoded; vectors stay float32. JAX on these values computes what llama.cpp computes from the file, so
+    the two runtimes can be compared without the quantization's own error."""
+    if file_type not in ("f32", "f16", "q8_0"):
+        raise ValueError(f"as_stored: {file_type!r} is written by llama.cpp's quantizer; expected f32, f16 or q8_0")
+    wanted = FILE_TYPES[file_type][1]
+
+    def stored(path, value):
+        value, name = np.asarray(value, np.float32), jax.tree_util.keystr(path)
+        if value.ndim < 2 or not name.endswith(("['kernel']", "['embedding']")):
+            return value
+        rows = value if name.endswith("['embedding']") else np.swapaxes(value, -1, -2)  # [..., out, in]
+        qtype = matrix_type(rows.shape, wanted)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            return value
+        if qtype == gguf.GGMLQuantizationType.F16:
+            decoded = rows.astype(np.float16).astype(np.float32)
+        else:
+            decoded = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(rows), qtype), qtype)
+        decoded = decoded.reshape(rows.shape)
+        return decoded if name.endswith("['embedding']") else np.swapaxes(decoded, -1, -2)
+
+    return jax.tree_util.tree_map_with_path(stored, llm)
 
 
 def _token_type(processor: spm.SentencePieceProcessor, token_id: int) -> gguf.TokenType:
