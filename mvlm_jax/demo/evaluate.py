@@ -84,9 +84,9 @@ def stored_weights_answers(model_dir: Path, file_type: str, data_root: Path, out
 
     params, config = load_model(model_dir)
     params = {**params, "llm": as_stored(params["llm"], file_type)}
-    answerer = JaxAnswerer(config, params, find_tokenizer(model_dir, None), f"jax-{file_type}-weights",
-                           f"{file_type}-weights", batch_size=BATCH_SIZE)
     run = f"jax-{file_type}-weights"
+    answerer = JaxAnswerer(config, params, find_tokenizer(model_dir, None), run, f"{file_type}-weights",
+                           batch_size=BATCH_SIZE)
     return runner.answer_benchmark(BENCHMARK, benchmark.module(BENCHMARK).questions(data_root)[:questions], out,
                                    answerer, run)
 

@@ -104,14 +104,12 @@ def as_stored(llm: dict[str, Any], file_type: str) -> dict[str, Any]:
         if value.ndim < 2 or not name.endswith(("['kernel']", "['embedding']")):
             return value
         rows = value if name.endswith("['embedding']") else np.swapaxes(value, -1, -2)  # [..., out, in]
-        qtype = matrix_type(rows.shape, wanted)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            return value
-        if qtype == gguf.GGMLQuantizationType.F16:
-            decoded = rows.astype(np.float16).astype(np.float32)
-        else:
-            decoded = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(rows), qtype), qtype)
-        decoded = decoded.reshape(rows.shape)
+        # encoded by the export's own PlannedTensor.encode, decoded back to float32
+        tensor = PlannedTensor(name, rows.shape, matrix_type(rows.shape, wanted), lambda: rows)
+        encoded = tensor.encode()
+        decoded = (encoded.astype(np.float32) if tensor.qtype in (gguf.GGMLQuantizationType.F32,
+                                                                   gguf.GGMLQuantizationType.F16)
+                   else gguf.quants.dequantize(encoded, tensor.qtype).reshape(rows.shape))
         return decoded if name.endswith("['embedding']") else np.swapaxes(decoded, -1, -2)
 
     return jax.tree_util.tree_map_with_path(stored, llm)
