@@ -241,10 +241,11 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
 VISION_PRESETS: dict[str, VisionConfig] = {
     "tiny": VisionConfig(image_size=48, patch_size=8, width=32, num_layers=3, num_heads=4, mlp_dim=64),
     # The demo's tower: llama.cpp's 24x24 grid (336 / 14), no class token, so llama.cpp runs it exactly.
-    # It is random and frozen, so it ends at its embeddings (select_layer 0): random blocks mix every
-    # patch with all the others and bury the edges that tell shapes apart (docs/TRAINING.md).
+    # Trained here from scratch (the vision stage), it ends at its embeddings (select_layer 0): random
+    # blocks mix every patch with all the others and bury the edges that tell shapes apart; its positions
+    # start as a sine-cosine table, so every token says where it is (docs/TRAINING.md).
     "demo": VisionConfig(image_size=336, patch_size=14, width=64, num_layers=0, num_heads=4, mlp_dim=128,
-                         class_token=False, select_layer=0),
+                         class_token=False, select_layer=0, posemb_init="sincos2d"),
     "b16_224": VisionConfig(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072),
     "l14_336": VisionConfig(),
 }
