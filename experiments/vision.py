@@ -10,7 +10,10 @@ loss (multi-label, as big_vision trains on ImageNet-21k). A VLM stage then takes
       --config.data.classes="('cat', 'dog', ...)"
 
 Files: JSON lists (or JSONL) of {"image": path, "labels": [names]} (data_pipelines/image_labels.py).
---config.model.classifier.head=tokens classifies every output token instead, against the records'
+--config.model.classifier.position_weight=W adds a second objective: every output token predicts its own
+row and column of the token grid (a linear read-out), so that the tower's positions survive the projector
+for a VLM's "where" questions (docs/TRAINING.md). --config.model.classifier.head=tokens classifies every
+output token instead, against the records'
 "regions" (object boxes with their labels): dense, grounded supervision (docs/TRAINING.md measured it
 on the demo tower, whose tokens see too little of an object to name its shape).
 The MobileVLM recipes start from a pretrained CLIP tower instead; this stage is for towers trained here

@@ -32,9 +32,9 @@ def data(tmp_path_factory):
     return root, prepare(root, "tiny", 512, 64)
 
 
-def classifier_config(head="map"):
+def classifier_config(head="map", **classifier):
     config = vision.get_config("tiny")
-    config.model.classifier.head = head
+    config.model.classifier.update(head=head, **classifier)
     return model_config(config.model, tuple(config.data.classes))
 
 
@@ -56,28 +56,52 @@ def reference_logits(params, features):
     return dense(normed, p["classes"])
 
 
-def test_attention_pool_head_and_sigmoid_loss_match_numpy():
-    config = classifier_config()
+def test_attention_pool_head_position_read_out_and_loss_match_numpy():
+    """The MAP head's logits, the position objective's read-out (position_weight: LayerNorm + linear on every
+    projector token -> its row and column logits) and the loss: the mean sigmoid cross-entropy per class and
+    image plus the weight times the rows' and columns' mean softmax cross-entropy (numpy, float64), here
+    on a grid of 2 x 2 cells over the 4 x 4 projector tokens of the tiny tower."""
+    config = classifier_config(position_weight=0.3, position_cells=2)
     model = build_model(config)
     params = init_params(config, jax.random.key(0))
+    assert {"position_norm", "position"} <= set(params)
     params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)  # bias != 0
     images = jax.random.normal(jax.random.key(2), (3, config.vision.image_size, config.vision.image_size, 3))
-    logits = np.asarray(jax.jit(model.apply)({"params": params}, images))  # jit: one compile, not one per op
-    assert logits.shape == (3, len(world.CLASSES))
+    logits, positions = jax.jit(model.apply)({"params": params}, images)  # jit: one compile, not one per op
+    side, tokens, cells = config.token_grid, config.num_output_tokens, 2
+    assert (side, cells) == (4, config.position_grid)
+    assert logits.shape == (3, len(world.CLASSES)) and positions.shape == (3, tokens, 2 * cells)
     from mvlm_jax.models.projectors import Projector
 
-    features = jax.jit(lambda p, x: Projector(config.projector, config.embed_dim).apply(
-        {"params": p["projector"]}, build_model(config.vision).apply({"params": p["vision"]}, x)))(params, images)
-    np.testing.assert_allclose(logits, reference_logits(params, np.asarray(features, np.float64)), atol=1e-4)
+    features = np.asarray(jax.jit(lambda p, x: Projector(config.projector, config.embed_dim).apply(
+        {"params": p["projector"]}, build_model(config.vision).apply({"params": p["vision"]}, x)))(params, images),
+        np.float64)
+    np.testing.assert_allclose(np.asarray(logits), reference_logits(params, features), atol=1e-4)
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    normed = ((features - features.mean(-1, keepdims=True)) / np.sqrt(features.var(-1, keepdims=True) + 1e-5)
+              * p["position_norm"]["scale"] + p["position_norm"]["bias"])
+    expected_positions = normed @ p["position"]["kernel"] + p["position"]["bias"]
+    np.testing.assert_allclose(np.asarray(positions), expected_positions, atol=1e-4)
 
     labels = (np.arange(3 * logits.shape[1]).reshape(logits.shape) % 3 == 0).astype(np.float32)
-    loss = label_loss(lambda p, batch, rng: model.apply({"params": p}, batch["images"]))
     weights = np.array([1.0, 0.0, 1.0], np.float32)  # the middle row pads a held-out batch: not counted
-    total, count = jax.jit(loss)(params, {"images": images, "labels": labels, "weights": weights}, jax.random.key(0))
-    x = logits.astype(np.float64)
-    expected = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # stable sigmoid cross-entropy
+    batch = {"images": images, "labels": labels, "weights": weights}
+    forward = lambda q, b, rng: model.apply({"params": q}, b["images"])  # noqa: E731
+    x = np.asarray(logits, np.float64)
+    sigmoid_ce = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # stable sigmoid cross-entropy
+
+    def softmax_ce(z, target):  # z [b, n, k], target [n]
+        z = z - z.max(-1, keepdims=True)
+        picked = np.take_along_axis(z, np.broadcast_to(target, z.shape[:2])[..., None], -1)[..., 0]
+        return np.log(np.exp(z).sum(-1)) - picked
+
+    row, col = np.divmod(np.arange(tokens), side)
+    rows_cols = (softmax_ce(expected_positions[..., :cells], row // 2)
+                 + softmax_ce(expected_positions[..., cells:], col // 2))
+    total, count = jax.jit(label_loss(forward, position_weight=0.3))(params, batch, jax.random.key(0))
     assert count == 2 * labels.shape[1]
-    np.testing.assert_allclose(float(total), expected[[0, 2]].sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(total) / float(count),
+                               sigmoid_ce[[0, 2]].mean() + 0.3 * rows_cols[[0, 2]].mean(), rtol=1e-5)
 
 
 def test_labels_name_the_scene(data):

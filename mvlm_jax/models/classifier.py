@@ -43,9 +43,11 @@ class ImageClassifier(nn.Module):
     config: ClassifierConfig
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def __call__(self, images: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """images: [batch, H, W, 3] normalised pixels -> float32 logits [batch, num_classes], or with the
-        "tokens" head [batch, tokens, num_classes] (the projector's or tower's tokens, row-major)."""
+        "tokens" head [batch, tokens, num_classes] (the projector's or tower's tokens, row-major). With
+        config.position_weight > 0: (those logits, position logits [batch, tokens, 2 * cells]: each token's
+        row among `cells` rows, then its column; `cells` = config.position_grid)."""
         cfg = self.config
         tokens = VisionTower(cfg.vision, name="vision")(images)
         if cfg.projector is not None:
@@ -59,4 +61,11 @@ class ImageClassifier(nn.Module):
         else:
             raise ValueError(f"classifier head {cfg.head!r}; expected map, gap or tokens")
         pooled = LayerNorm(name="norm")(pooled)
-        return Linear(cfg.num_classes, (None, None), use_bias=True, name="classes")(pooled).astype(jnp.float32)
+        logits = Linear(cfg.num_classes, (None, None), use_bias=True, name="classes")(pooled).astype(jnp.float32)
+        if not cfg.position_weight:
+            return logits
+        # A linear read-out, as the LLM's first layer reads the tokens (after its norm): what it can find
+        # here, attention can use.
+        features = LayerNorm(name="position_norm")(tokens.astype(jnp.float32))
+        positions = Linear(2 * cfg.position_grid, (None, None), use_bias=True, name="position")(features)
+        return logits, positions.astype(jnp.float32)

@@ -169,7 +169,12 @@ class ClassifierConfig:
     it receives tokens that already separate the classes), a pooling head over the tokens and one logit
     per class. `head`: "map" (attention pooling with one learned query, as big_vision's MAP head), "gap"
     (mean over tokens) or "tokens" (no pooling: every output token gets its own logits, trained against the
-    labels of the boxes it lies in: dense, grounded supervision). Parameters: vision/, projector/ (the VLM's
+    labels of the boxes it lies in: dense, grounded supervision). `position_weight` > 0 adds a second
+    objective: every output token predicts its own row and column of the token grid (or of a coarser grid
+    of `position_cells` per side: 2 = which half) through a linear read-out (position_norm/, position/),
+    weighted by it. Pooled labels do not depend on where an object
+    is, so without it the projector is free to drop the positions the tower gives, which a VLM needs for
+    "where" and "which is on the left" (docs/TRAINING.md). Parameters: vision/, projector/ (the VLM's
     names: `init_from` takes them from here), then the head's pool/ (map only), norm/ and classes/."""
 
     vision: VisionConfig
@@ -178,6 +183,8 @@ class ClassifierConfig:
     embed_dim: int = 0  # the projector's output width (an LLM's hidden size); 0 with no projector
     head: Literal["map", "gap", "tokens"] = "map"
     head_heads: int = 4
+    position_weight: float = 0.0
+    position_cells: int = 0  # the position objective's grid: cells per side (0: one per token)
 
     @property
     def feature_width(self) -> int:
@@ -191,12 +198,21 @@ class ClassifierConfig:
 
     @property
     def token_grid(self) -> int:
-        """Side of the square grid of output tokens that a "tokens" head classifies (row-major)."""
+        """Side of the square grid of output tokens that a "tokens" head classifies, or whose positions
+        the position objective predicts (row-major)."""
         side = math.isqrt(self.num_output_tokens)
         if side * side != self.num_output_tokens:
-            raise ValueError(f"classifier head 'tokens' needs a square grid of tokens, got {self.num_output_tokens} "
-                             "(a tower with a class token: select_feature='patch')")
+            raise ValueError(f"classifier head 'tokens' and position_weight need a square grid of tokens, got "
+                             f"{self.num_output_tokens} (a tower with a class token: select_feature='patch')")
         return side
+
+    @property
+    def position_grid(self) -> int:
+        """Cells per side of the grid whose row and column each token predicts (position_weight > 0)."""
+        cells = self.position_cells or self.token_grid
+        if not 0 < cells <= self.token_grid:
+            raise ValueError(f"classifier position_cells {self.position_cells}: expected 1 to {self.token_grid}")
+        return cells
 
 
 def with_rope_scaling(config: LlamaConfig, factor: float, original: int | None = None) -> LlamaConfig:

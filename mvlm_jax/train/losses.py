@@ -76,19 +76,34 @@ def token_loss(kind: str = "cross_entropy", label_smoothing: float = 0.0) -> Tok
     return smoothed_cross_entropy(label_smoothing) if label_smoothing else cross_entropy_sum
 
 
-def label_loss(forward: Forward, per_token: bool = False) -> LossSum:
+def label_loss(forward: Forward, per_token: bool = False, position_weight: float = 0.0) -> LossSum:
     """loss_sum(params, batch, rng) of a classifier: the sigmoid cross-entropy of each class logit against
     batch["labels"] ([batch, classes], 1 = present), or with `per_token` of each token's logits against
     batch["token_labels"] ([batch, tokens, classes]), summed over the rows of weight 1 (batch["weights"]
     [batch]; 0: a padding row), and the number of their (image or token, class) pairs, so that the step's
-    loss is the mean per class and image (or token)."""
+    loss is the mean per class and image (or token). With `position_weight` the forward also returns
+    position logits [batch, tokens, 2 * cells] (ImageClassifier), and the loss adds `position_weight` times
+    the mean per token of the softmax cross-entropy of its row plus that of its column: the cell of a
+    `cells` x `cells` grid that the token (row-major, square) lies in."""
     key = "token_labels" if per_token else "labels"
 
     def loss_sum(params, batch, rng):
         labels, weights = batch[key].astype(jnp.float32), batch["weights"].astype(jnp.float32)
-        losses = optax.sigmoid_binary_cross_entropy(forward(params, batch, rng), labels)
-        weights = weights.reshape(weights.shape + (1,) * (losses.ndim - 1))
-        return jnp.sum(losses * weights), jnp.sum(weights) * math.prod(labels.shape[1:])
+        outputs = forward(params, batch, rng)
+        logits, positions = outputs if position_weight else (outputs, None)
+        losses = optax.sigmoid_binary_cross_entropy(logits, labels)
+        count = jnp.sum(weights) * math.prod(labels.shape[1:])
+        total = jnp.sum(losses * weights.reshape(weights.shape + (1,) * (losses.ndim - 1)))
+        if position_weight:
+            cells, tokens = positions.shape[-1] // 2, positions.shape[1]
+            side = math.isqrt(tokens)
+            index = jnp.broadcast_to(jnp.arange(tokens), positions.shape[:2])
+            row, col = (index // side) * cells // side, (index % side) * cells // side  # the token's cell
+            ce = (optax.softmax_cross_entropy_with_integer_labels(positions[..., :cells], row)
+                  + optax.softmax_cross_entropy_with_integer_labels(positions[..., cells:], col))
+            position_mean = jnp.sum(ce * weights[:, None]) / jnp.maximum(jnp.sum(weights) * tokens, 1.0)
+            total = total + position_weight * position_mean * count
+        return total, count
 
     return loss_sum
 

@@ -19,8 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
                    lora=dict(rank=0, alpha=256.0, dropout=0.0,
                              targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
                    # kind="classifier" (vision pretraining): the tower, the projector (projector="" for none)
-                   # into the width of `llm`, a pooling head (map | gap) and one logit per data.classes entry.
-                   classifier=dict(head="map", head_heads=4))
+                   # into the width of `llm`, a pooling head (map | gap) and one logit per data.classes entry;
+                   # position_weight > 0 adds a second objective: each token's own row and column (of a grid
+                   # of position_cells per side; 0: the token grid).
+                   classifier=dict(head="map", head_heads=4, position_weight=0.0, position_cells=0))
     # Checkpoints to start from when the workdir has none: "part=dir" ("llm=ckpt/sft", "vision=ckpt/clip",
     # "projector=ckpt/stage1") or "=dir" for the whole model.
     c.init_from = ()

@@ -84,7 +84,8 @@ def build_run(experiment: Experiment, devices: list | None = None) -> Run:
         raise BadInput(f"config.loss.kind {experiment.loss.kind!r} does not fit config.model.kind: a classifier "
                        "trains with sigmoid_cross_entropy, an LLM or VLM with cross_entropy")
     if classifier:
-        train_loss = eval_loss = label_loss(batch_forward(model, model_config), model_config.head == "tokens")
+        train_loss = eval_loss = label_loss(batch_forward(model, model_config), model_config.head == "tokens",
+                                            model_config.position_weight)
     else:
         tokens_loss = token_loss(experiment.loss.kind, experiment.loss.label_smoothing)
         train_loss = next_token_loss(batch_forward(model, model_config), tokens_loss)
