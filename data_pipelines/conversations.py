@@ -50,6 +50,10 @@ class ConversationData:
     cache: bool = True  # tokenize once: data_pipelines.example_cache
     cache_dir: str = ""  # "" = example_cache.default_root()
     num_epochs: int | None = None
+    # Each answer's target tokens (the answer and the token that ends it) weigh len(answer) ** -power in the
+    # loss: 0 weighs every target token the same (LLaVA's mean over target tokens), 0.5 is square averaging
+    # per answer (after InternVL 2.5's per-sample rule), 1 weighs every answer the same, however long.
+    answer_weight_power: float = 0.0
     verify_images: bool = False  # decode every image up front; by default only existence (and path
     # safety) is checked, and a corrupt file fails when its row is read, naming the file
     read: ReadOptions = ReadOptions()
@@ -239,7 +243,7 @@ class PackedRows:
             inputs = ids[:-1]
             out["tokens"][start:end] = np.where(inputs == IMAGE_TOKEN, 0, inputs)  # slots: embeddings go here
             out["targets"][start:end] = np.maximum(ids[1:], 0)
-            out["loss_mask"][start:end] = target[1:]
+            out["loss_mask"][start:end] = answer_weights(target[1:], cfg.answer_weight_power)
             out["segment_ids"][start:end] = segment
             out["positions"][start:end] = np.arange(end - start)
             if self.examples.images[index] is not None:
@@ -249,6 +253,17 @@ class PackedRows:
                 image_count += 1
             start = end
         return out
+
+
+def answer_weights(target: np.ndarray, power: float) -> np.ndarray:
+    """target [n] bool -> float32 [n] loss weights: 0 off target; on each run of consecutive target tokens
+    (one answer and the token that ends it) len(run) ** -power."""
+    weights = target.astype(np.float32)
+    if power:
+        edges = np.diff(np.concatenate([[0], target.astype(np.int8), [0]]))
+        for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            weights[start:end] = float(end - start) ** -power
+    return weights
 
 
 def build_conversation_dataset(config: ConversationData, process_index: int = 0, process_count: int = 1,

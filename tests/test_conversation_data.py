@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines.conversations import ConversationData, PackedRows, build_conversation_dataset, prepare_examples
+from data_pipelines.conversations import (ConversationData, PackedRows, answer_weights, build_conversation_dataset,
+                                         prepare_examples)
 from data_pipelines.embedded import generate
 from data_pipelines.images import preprocess_file
 from data_pipelines.pretrain_pipeline import batch_hash
@@ -59,6 +60,22 @@ def test_plain_template_targets_caption_and_newline(world):
     assert list(tokenized.ids[:2]) == [tokenizer.bos_id, IMAGE_TOKEN] and not tokenized.target[:2].any()
     assert tokenized.target[2:].all() and tokenizer.piece(tokenized.ids[-1]) == "<0x0A>"
     assert tokenizer.decode(tokenized.ids[2:]) == "a red circle\n"
+
+
+def test_answer_weights_give_each_answer_len_to_the_minus_power(world):
+    """answer_weight_power p: each answer's target tokens (its words and the end token) weigh len ** -p,
+    so with p = 1 every answer of a packed row sums to 1; p = 0 is the plain target mask."""
+    target = np.array([0, 1, 1, 1, 0, 0, 1, 0, 1, 1], bool)
+    np.testing.assert_allclose(answer_weights(target, 1.0), [0, 1 / 3, 1 / 3, 1 / 3, 0, 0, 1, 0, 0.5, 0.5])
+    np.testing.assert_allclose(answer_weights(target, 0.5)[1:4], [3 ** -0.5] * 3)
+    np.testing.assert_array_equal(answer_weights(target, 0.0), target.astype(np.float32))
+    root, tokenizer = world
+    plain, weighted = (PackedRows(config, prepare_examples(config, tokenizer))
+                       for config in (sft_config(root, tokenizer, answer_weight_power=p) for p in (0.0, 1.0)))
+    for row in range(4):
+        mask, weights = plain[row]["loss_mask"], weighted[row]["loss_mask"]
+        answers = int(np.sum(np.diff(np.concatenate([[0], mask, [0]])) == 1))
+        assert answers >= 1 and np.isclose(weights.sum(), answers) and np.array_equal(weights > 0, mask > 0)
 
 
 def per_token_losses(params, model, batch):

@@ -27,11 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
     # "projector=ckpt/stage1") or "=dir" for the whole model.
     c.init_from = ()
     # cache: conversation files are tokenized once into cache_dir ("" = $MVLM_CACHE or ~/.cache/mvlm-jax;
-    # data_pipelines/example_cache.py)
+    # data_pipelines/example_cache.py). answer_weight_power: each answer's target tokens weigh
+    # len(answer) ** -power in the training loss (0: the mean over target tokens; data_pipelines/conversations.py).
     c.data = dict(kind="pretrain", shards=(), mixture="", mixture_dirs={}, seq_len=128, seed=0,
                   reset_attention_at_eos=False, workers=0, files=(), format="sharegpt", template="vicuna_v1",
                   tokenizer="", image_root="", pad_images=True, images_per_row=1, pack=True, packer="next_fit",
-                  cache=True, cache_dir="", classes=(),
+                  cache=True, cache_dir="", classes=(), answer_weight_power=0.0,
                   embedded=dict(enabled=False, root="", size="tiny", vocab_size=512, image_size=64, files=("sharegpt",)))
     # epochs > 0 (conversation data): total_steps becomes the whole global batches of that many epochs of
     # packed rows, counted from the data at start (mvlm_jax.train.setup.epoch_plan).

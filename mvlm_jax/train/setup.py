@@ -63,8 +63,10 @@ def image_label_data(config: ml_collections.ConfigDict, model: ModelConfig, file
 
 
 def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
-                      read: ReadOptions = ReadOptions()) -> ConversationData:
-    """The conversation pipeline's settings for `files` (training's or the held-out ones)."""
+                      read: ReadOptions = ReadOptions(), held_out: bool = False) -> ConversationData:
+    """The conversation pipeline's settings for `files` (training's or, `held_out`, the validation loss's:
+    a plain mean over target tokens, whatever data.answer_weight_power trains with, so that it compares
+    across recipes)."""
     data = config.data
     num_visual = model.num_visual_tokens if isinstance(model, VLMConfig) else 0
     image_size = model.vision.image_size if isinstance(model, VLMConfig) else 336
@@ -73,7 +75,7 @@ def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, fil
         seq_len=data.seq_len, batch_size=config.train.batch_size, seed=data.seed, image_root=data.image_root or None,
         image_size=image_size, pad_images=data.pad_images, num_visual_tokens=num_visual,
         images_per_row=data.images_per_row, pack=data.pack, packer=data.packer, cache=data.cache,
-        cache_dir=data.cache_dir, read=read)
+        cache_dir=data.cache_dir, read=read, answer_weight_power=0.0 if held_out else data.answer_weight_power)
 
 
 EPOCH_PLAN = "epoch_plan.json"
@@ -192,7 +194,7 @@ def held_out_batches(config: ml_collections.ConfigDict, model: ModelConfig, work
             raise ValueError(f"config.eval.every is {config.eval.every} but there is no held-out data: set "
                              "config.eval.files (held-out files read like config.data.files)")
         rows = (held_out_rows(image_label_data(config, model, files)) if config.data.kind == "image_labels"
-                else conversation_rows(conversation_data(config, model, files)))
+                else conversation_rows(conversation_data(config, model, files, held_out=True)))
     return fixed_batches(rows, config.train.batch_size, config.eval.batches, process_index, process_count)
 
 
