@@ -172,9 +172,9 @@ class ClassifierConfig:
     labels of the boxes it lies in: dense, grounded supervision). `position_weight` > 0 adds a second
     objective: every output token predicts its own row and column of the token grid (or of a coarser grid
     of `position_cells` per side: 2 = which half) through a linear read-out (position_norm/, position/),
-    weighted by it. Pooled labels do not depend on where an object
-    is, so without it the projector is free to drop the positions the tower gives, which a VLM needs for
-    "where" and "which is on the left" (docs/TRAINING.md). Parameters: vision/, projector/ (the VLM's
+    weighted by it. Pooled labels do not depend on where an object is, so without it the projector is
+    free to drop the positions the tower gives, which a VLM needs for "where" and "which is on the left"
+    (docs/TRAINING.md). Parameters: vision/, projector/ (the VLM's
     names: `init_from` takes them from here), then the head's pool/ (map only), norm/ and classes/."""
 
     vision: VisionConfig
