@@ -4,10 +4,12 @@ A file is a JSON list (or JSON Lines, optionally .gz / .zst: data_pipelines.reco
 several labels per image make it multi-label, as ImageNet-21k is trained with sigmoid losses. Labels are
 names from config.data.classes, in that order in the multi-hot vector.
 
-A head that classifies every token (config.model.classifier.head = "tokens") needs where things are: each
-record then also holds "regions": [{"box": [x0, y0, x1, y1], "labels": [names]}, ...], boxes in pixels of
-the image as stored (x right, y down, as COCO's xyxy). A token's targets are the labels of every box that
-holds its cell's centre, after the same pad-or-crop to a square as the image (`token_labels`).
+A head that classifies every token or every cell of a grid (config.model.classifier.head = "tokens" or
+"cells") needs where things are: each record then also holds "regions": [{"box": [x0, y0, x1, y1],
+"labels": [names]}, ...], boxes in pixels of the image as stored (x right, y down, as COCO's xyxy), taken
+through the same pad-or-crop to a square as the image. A token's targets are the labels of every box that
+holds its cell's centre (`token_labels`); a grid cell's, those of every box whose centre lies in the cell
+(`cell_labels`).
 
 The stream is grain MapDataset batches behind data_pipelines.stream.BatchStream, so a run resumes at its
 exact batch: element i is epoch i // n's permutation (seed + epoch) at position i % n, every epoch
@@ -41,6 +43,7 @@ class ImageLabelData:
     seed: int = 0
     read: ReadOptions = ReadOptions()
     token_grid: int = 0  # > 0: per-token targets on a token_grid x token_grid grid from the records' regions
+    cell_grid: int = 0  # > 0: per-cell targets (the boxes centred in each cell) on a cell_grid x cell_grid grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,8 @@ def _multi_hot(names: list, index: dict[str, int], where: str) -> np.ndarray:
 def _regions(value, index: dict[str, int], where: str) -> tuple[np.ndarray, np.ndarray]:
     """A record's "regions" -> (boxes [k, 4], multi-hot labels [k, classes]); BadInput naming the region."""
     if not isinstance(value, list):
-        raise BadInput(f"{where}: a token head needs 'regions': [{{'box': [x0, y0, x1, y1], 'labels': [names]}}]")
+        raise BadInput(f"{where}: a tokens or cells head needs 'regions': "
+                       "[{'box': [x0, y0, x1, y1], 'labels': [names]}]")
     boxes, labels = np.zeros((len(value), 4), np.float32), np.zeros((len(value), len(index)), np.float32)
     for k, region in enumerate(value):
         box = region.get("box") if isinstance(region, dict) else None
@@ -79,7 +83,7 @@ def _regions(value, index: dict[str, int], where: str) -> tuple[np.ndarray, np.n
 
 def read_examples(config: ImageLabelData) -> Examples:
     """Every record of config.files, in file order. Unreadable JSON, a record without an image or labels,
-    an unknown label, a missing image file or (with config.token_grid) missing or malformed regions is an
+    an unknown label, a missing image file or (with a token or cell grid) missing or malformed regions is an
     error naming the file and line (data_pipelines.records)."""
     if not config.classes:
         raise BadInput("config.data.classes is empty: name the classes the labels refer to")
@@ -96,7 +100,7 @@ def read_examples(config: ImageLabelData) -> Examples:
             if not isinstance(record.get("image"), str) or not isinstance(record.get("labels"), list):
                 raise BadInput(f"{where}: expected {{'image': path, 'labels': [names]}}")
             labels.append(_multi_hot(record["labels"], index, where))
-            if config.token_grid:
+            if config.token_grid or config.cell_grid:
                 regions.append(_regions(record.get("regions"), index, where))
             image = root / record["image"]
             if not image.is_file():
@@ -118,10 +122,22 @@ def token_targets(boxes: np.ndarray, labels: np.ndarray, grid: int) -> np.ndarra
     return (covered.T.astype(np.float32) @ labels > 0).astype(np.float32)
 
 
+def cell_targets(boxes: np.ndarray, labels: np.ndarray, grid: int) -> np.ndarray:
+    """boxes [k, 4] in [0, 1] square coordinates, labels [k, classes] -> float32 [grid * grid, classes],
+    row-major cells: each cell gets the labels of every box whose centre lies in it (as a YOLO grid cell
+    answers for the objects centred in it)."""
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 * grid).astype(np.int64), 0, grid - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 * grid).astype(np.int64), 0, grid - 1)
+    owner = np.zeros((grid * grid, len(boxes)), np.float32)
+    owner[cy * grid + cx, np.arange(len(boxes))] = 1.0
+    return (owner @ labels > 0).astype(np.float32)
+
+
 class LabelledImages:
     """grain source: element i = {"images": float32 [size, size, 3], "labels": float32 [classes],
     "weights": 1.0 (0 marks a padding row of the held-out batches)} and, with config.token_grid = g,
-    "token_labels": float32 [g * g, classes]; epoch i // n in the permutation of seed + epoch (or in file
+    "token_labels": float32 [g * g, classes] (with config.cell_grid = c, "cell_labels" [c * c, classes]);
+    epoch i // n in the permutation of seed + epoch (or in file
     order with `shuffle=False`)."""
 
     def __init__(self, config: ImageLabelData, examples: Examples, epochs: int = EPOCHS, shuffle: bool = True):
@@ -147,17 +163,21 @@ class LabelledImages:
         image = load_image(self.examples.paths[k], composite_alpha=False)
         element = {"images": preprocess(image, config.image_size, config.pad_images),
                    "labels": self.examples.labels[k], "weights": np.float32(1.0)}
-        if config.token_grid:
+        if config.token_grid or config.cell_grid:
             boxes, labels = self.examples.regions[k]
             square = np.array([square_box(box, image.width, image.height, config.pad_images) for box in boxes],
                               np.float32).reshape(-1, 4)
-            element["token_labels"] = token_targets(square, labels, config.token_grid)
+            if config.token_grid:
+                element["token_labels"] = token_targets(square, labels, config.token_grid)
+            if config.cell_grid:
+                element["cell_labels"] = cell_targets(square, labels, config.cell_grid)
         return element
 
 
 def build_image_label_dataset(config: ImageLabelData, process_index: int = 0, process_count: int = 1) -> BatchStream:
     """The batched, resumable stream of this process: {"images": [b, size, size, 3], "labels": [b, classes],
-    "weights": [b]} (and "token_labels": [b, grid * grid, classes] with config.token_grid)."""
+    "weights": [b]} (and "token_labels": [b, grid * grid, classes] with config.token_grid, "cell_labels":
+    [b, cells * cells, classes] with config.cell_grid)."""
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} does not divide over {process_count} processes")
     elements = grain.MapDataset.source(LabelledImages(config, read_examples(config)))
@@ -166,6 +186,8 @@ def build_image_label_dataset(config: ImageLabelData, process_index: int = 0, pr
              "batch_size": config.batch_size, "seed": config.seed}
     if config.token_grid:  # kept out otherwise: the fingerprints of earlier runs stay valid
         order["token_grid"] = config.token_grid
+    if config.cell_grid:
+        order["cell_grid"] = config.cell_grid
     return BatchStream(batches, config.read, fingerprint(order))
 
 

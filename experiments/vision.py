@@ -16,6 +16,8 @@ for a VLM's "where" questions (docs/TRAINING.md). --config.model.classifier.head
 output token instead, against the records'
 "regions" (object boxes with their labels): dense, grounded supervision (docs/TRAINING.md measured it
 on the demo tower, whose tokens see too little of an object to name its shape).
+--config.model.classifier.head=cells (with head_cells=G) gives a G x G grid over the image one learned query
+each; a cell's logits are trained against the labels of the regions centred in it.
 The MobileVLM recipes start from a pretrained CLIP tower instead; this stage is for towers trained here
 (the demo's) and for Table 8-style comparisons.
 """

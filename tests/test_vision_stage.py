@@ -39,21 +39,36 @@ def classifier_config(head="map", **classifier):
 
 
 def reference_logits(params, features):
-    """numpy float64: attention pooling with one learned query over `features` [b, n, w], LayerNorm, logits."""
+    """numpy float64: attention pooling with one learned query (or one per cell: the "cells" head's probes
+    [cells, w]) over `features` [b, n, w], LayerNorm, logits [b, classes] (or [b, cells, classes])."""
     p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     pool, heads = p["pool"], 4
     dense = lambda x, layer: x @ layer["kernel"] + layer["bias"]  # noqa: E731
     b, n, w = features.shape
-    q = dense(pool["probe"], pool["query"]).reshape(heads, w // heads)
+    q = dense(np.atleast_2d(pool["probe"]), pool["query"]).reshape(-1, heads, w // heads)
     k = dense(features, pool["key"]).reshape(b, n, heads, w // heads)
     v = dense(features, pool["value"]).reshape(b, n, heads, w // heads)
-    scores = np.einsum("hd,bnhd->bhn", q, k) / np.sqrt(w // heads)
+    scores = np.einsum("qhd,bnhd->bqhn", q, k) / np.sqrt(w // heads)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
-    pooled = dense(np.einsum("bhn,bnhd->bhd", weights, v).reshape(b, w), pool["out"])
+    pooled = dense(np.einsum("bqhn,bnhd->bqhd", weights, v).reshape(b, len(q), w), pool["out"])
     mean, var = pooled.mean(-1, keepdims=True), pooled.var(-1, keepdims=True)
     normed = (pooled - mean) / np.sqrt(var + 1e-5) * p["norm"]["scale"] + p["norm"]["bias"]
-    return dense(normed, p["classes"])
+    logits = dense(normed, p["classes"])
+    return logits if pool["probe"].ndim == 2 else logits[:, 0]
+
+
+def projector_features(config, params, images):
+    """float64 [b, tokens, width]: the tower and projector of a classifier, applied on their own."""
+    from mvlm_jax.models.projectors import Projector
+
+    return np.asarray(jax.jit(lambda p, x: Projector(config.projector, config.embed_dim).apply(
+        {"params": p["projector"]}, build_model(config.vision).apply({"params": p["vision"]}, x)))(params, images),
+        np.float64)
+
+
+def sigmoid_cross_entropy(x, labels):
+    return np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # numerically stable
 
 
 def test_attention_pool_head_position_read_out_and_loss_match_numpy():
@@ -71,11 +86,7 @@ def test_attention_pool_head_position_read_out_and_loss_match_numpy():
     side, tokens, cells = config.token_grid, config.num_output_tokens, 2
     assert (side, cells) == (4, config.position_grid)
     assert logits.shape == (3, len(world.CLASSES)) and positions.shape == (3, tokens, 2 * cells)
-    from mvlm_jax.models.projectors import Projector
-
-    features = np.asarray(jax.jit(lambda p, x: Projector(config.projector, config.embed_dim).apply(
-        {"params": p["projector"]}, build_model(config.vision).apply({"params": p["vision"]}, x)))(params, images),
-        np.float64)
+    features = projector_features(config, params, images)
     np.testing.assert_allclose(np.asarray(logits), reference_logits(params, features), atol=1e-4)
     p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     normed = ((features - features.mean(-1, keepdims=True)) / np.sqrt(features.var(-1, keepdims=True) + 1e-5)
@@ -88,7 +99,7 @@ def test_attention_pool_head_position_read_out_and_loss_match_numpy():
     batch = {"images": images, "labels": labels, "weights": weights}
     forward = lambda q, b, rng: model.apply({"params": q}, b["images"])  # noqa: E731
     x = np.asarray(logits, np.float64)
-    sigmoid_ce = np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x)))  # stable sigmoid cross-entropy
+    sigmoid_ce = sigmoid_cross_entropy(x, labels)
 
     def softmax_ce(z, target):  # z [b, n, k], target [n]
         z = z - z.max(-1, keepdims=True)
@@ -102,6 +113,28 @@ def test_attention_pool_head_position_read_out_and_loss_match_numpy():
     assert count == 2 * labels.shape[1]
     np.testing.assert_allclose(float(total) / float(count),
                                sigmoid_ce[[0, 2]].mean() + 0.3 * rows_cols[[0, 2]].mean(), rtol=1e-5)
+
+
+def test_cells_head_pools_one_query_per_cell_and_its_loss_matches_numpy():
+    """head="cells": one learned query per cell of a 2 x 2 grid, each pooling every projector token (numpy
+    float64 reference); the loss is the mean sigmoid cross-entropy per cell and class on the rows of weight 1."""
+    config = classifier_config(head="cells", head_cells=2)
+    model = build_model(config)
+    params = init_params(config, jax.random.key(0))
+    assert params["pool"]["probe"].shape == (4, config.embed_dim)
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
+    images = jax.random.normal(jax.random.key(2), (3, config.vision.image_size, config.vision.image_size, 3))
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, images), np.float64)
+    assert logits.shape == (3, 4, len(world.CLASSES))
+    np.testing.assert_allclose(logits, reference_logits(params, projector_features(config, params, images)),
+                               atol=1e-4)
+    labels = (np.arange(logits.size).reshape(logits.shape) % 5 == 0).astype(np.float32)
+    batch = {"images": images, "cell_labels": labels, "weights": np.array([1.0, 1.0, 0.0], np.float32)}
+    forward = lambda q, b, rng: model.apply({"params": q}, b["images"])  # noqa: E731
+    total, count = jax.jit(label_loss(forward, "cell_labels"))(params, batch, jax.random.key(0))
+    assert count == 2 * 4 * labels.shape[-1]
+    np.testing.assert_allclose(float(total) / float(count), sigmoid_cross_entropy(logits, labels)[:2].mean(),
+                               rtol=1e-5)
 
 
 def test_labels_name_the_scene(data):
@@ -153,6 +186,28 @@ def test_token_targets_are_the_labels_of_the_boxes_over_each_token_centre():
     assert token_targets(np.zeros((0, 4), np.float32), np.zeros((0, 3), np.float32), 4).shape == (16, 3)
 
 
+def test_cell_targets_are_the_labels_of_the_boxes_centred_in_each_cell(data):
+    from data_pipelines.image_labels import cell_targets
+
+    boxes = np.array([[0.0, 0.0, 0.6, 0.6], [0.3, 0.5, 1.0, 0.9], [0.7, 0.6, 0.9, 0.8]], np.float32)
+    labels = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], np.float32)
+    targets = cell_targets(boxes, labels, 2).reshape(2, 2, 3)  # centres (0.3, 0.3), (0.65, 0.7), (0.8, 0.7)
+    np.testing.assert_array_equal(targets[0, 0], [1, 0, 1])  # the first box only: it reaches cell (0, 1) too
+    np.testing.assert_array_equal(targets[0, 1], [0, 0, 0])
+    np.testing.assert_array_equal(targets[1, 1], [1, 1, 1])  # the two boxes centred there
+    np.testing.assert_array_equal(targets[1, 0], [0, 0, 0])
+    assert cell_targets(np.zeros((0, 4), np.float32), np.zeros((0, 3), np.float32), 3).shape == (9, 3)
+    # The stream's cell labels: in the embedded world every object sits in its own cell of the 2 x 2 grid,
+    # so the cells hold disjoint objects whose labels together are the image's.
+    _, paths = data
+    rows = held_out_rows(stream_config(paths, cell_grid=2))
+    for i in range(8):
+        row = rows[i]
+        assert row["cell_labels"].shape == (4, len(world.CLASSES))
+        np.testing.assert_array_equal(row["cell_labels"].max(0), row["labels"])
+        assert set(row["cell_labels"].sum(1).tolist()) <= {0.0, 3.0}  # shape, colour-shape pair, size; or empty
+
+
 def stream_config(paths, **changes):
     settings = dict(files=(paths["labels"],), classes=world.CLASSES, image_size=64, batch_size=4,
                     image_root=paths["images"])
@@ -199,7 +254,7 @@ def test_bad_records_are_named(data, tmp_path):
         read_examples(stream_config(paths, files=(str(bad),)))
     # a token head needs each record's regions, each a box and labels
     bad.write_text(json.dumps([{"image": "train/000000.png", "labels": ["red circle"]}]))
-    with pytest.raises(BadInput, match=r"labels\.json:1: a token head needs 'regions'"):
+    with pytest.raises(BadInput, match=r"labels\.json:1: a tokens or cells head needs 'regions'"):
         read_examples(stream_config(paths, files=(str(bad),), token_grid=4))
     bad.write_text(json.dumps([{"image": "train/000000.png", "labels": [],
                                 "regions": [{"box": [0, 0, 4, 4], "labels": []}, {"box": [5, 5, 2, 9], "labels": []}]}]))

@@ -18,24 +18,30 @@ from mvlm_jax.models.vit import VisionTower
 
 
 class AttentionPool(nn.Module):
-    """Multi-head attention pooling with one learned query (Lee et al. 2019, "Set Transformer", PMA;
-    big_vision's MAP head without its MLP): tokens [batch, n, width] -> [batch, width]."""
+    """Multi-head attention pooling with learned queries (Lee et al. 2019, "Set Transformer", PMA;
+    big_vision's MAP head without its MLP): tokens [batch, n, width] -> [batch, width] with one query
+    (`queries` 0), or [batch, queries, width]."""
 
     heads: int
+    queries: int = 0
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         width = tokens.shape[-1]
         if width % self.heads:
             raise ValueError(f"attention pooling: width {width} is not a multiple of head_heads {self.heads}")
-        probe = self.param("probe", param_with_axes(nn.initializers.normal(0.02), (None,)), (width,))
-        q = rearrange(Linear(width, (None, None), use_bias=True, name="query")(probe), "(h d) -> h d", h=self.heads)
+        shape, axes = ((self.queries, width), (None, None)) if self.queries else ((width,), (None,))
+        probe = self.param("probe", param_with_axes(nn.initializers.normal(0.02), axes), shape)
+        q = rearrange(Linear(width, (None, None), use_bias=True, name="query")(probe), "... (h d) -> ... h d",
+                      h=self.heads)  # [h, d], or [queries, h, d]
         k = rearrange(Linear(width, (None, None), use_bias=True, name="key")(tokens), "b n (h d) -> b h n d",
                       h=self.heads)
         v = rearrange(Linear(width, (None, None), use_bias=True, name="value")(tokens), "b n (h d) -> b h n d",
                       h=self.heads)
-        weights = jax.nn.softmax(jnp.einsum("hd,bhnd->bhn", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype), axis=-1)
-        pooled = rearrange(jnp.einsum("bhn,bhnd->bhd", weights, v), "b h d -> b (h d)")
+        # one query keeps its own contraction (the same program, so the same rounding, as before queries)
+        scores, mix = ("qhd,bhnd->bqhn", "bqhn,bhnd->bqhd") if self.queries else ("hd,bhnd->bhn", "bhn,bhnd->bhd")
+        weights = jax.nn.softmax(jnp.einsum(scores, q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype), axis=-1)
+        pooled = rearrange(jnp.einsum(mix, weights, v), "... h d -> ... (h d)")
         return Linear(width, (None, None), use_bias=True, name="out")(pooled)
 
 
@@ -45,7 +51,8 @@ class ImageClassifier(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """images: [batch, H, W, 3] normalised pixels -> float32 logits [batch, num_classes], or with the
-        "tokens" head [batch, tokens, num_classes] (the projector's or tower's tokens, row-major). With
+        "tokens" head [batch, tokens, num_classes] (the projector's or tower's tokens, row-major), with the
+        "cells" head [batch, head_cells ** 2, num_classes] (grid cells, row-major). With
         config.position_weight > 0: (those logits, position logits [batch, tokens, 2 * cells]: each token's
         row among `cells` rows, then its column; `cells` = config.position_grid)."""
         cfg = self.config
@@ -56,10 +63,14 @@ class ImageClassifier(nn.Module):
             pooled = AttentionPool(cfg.head_heads, name="pool")(tokens.astype(jnp.float32))
         elif cfg.head == "gap":
             pooled = jnp.mean(tokens.astype(jnp.float32), axis=1)
+        elif cfg.head == "cells":  # one query per grid cell, each classifying the objects centred in its cell
+            if cfg.head_cells < 1:
+                raise ValueError(f"classifier head_cells {cfg.head_cells}: expected at least 1 cell per side")
+            pooled = AttentionPool(cfg.head_heads, cfg.head_cells ** 2, name="pool")(tokens.astype(jnp.float32))
         elif cfg.head == "tokens":  # one linear read-out per token: its label must be in the token itself
             pooled = tokens.astype(jnp.float32)
         else:
-            raise ValueError(f"classifier head {cfg.head!r}; expected map, gap or tokens")
+            raise ValueError(f"classifier head {cfg.head!r}; expected map, gap, tokens or cells")
         pooled = LayerNorm(name="norm")(pooled)
         logits = Linear(cfg.num_classes, (None, None), use_bias=True, name="classes")(pooled).astype(jnp.float32)
         if not cfg.position_weight:

@@ -168,8 +168,11 @@ class ClassifierConfig:
     the tower, optionally the projector into an LLM's width `embed_dim` (so that the VLM that starts from
     it receives tokens that already separate the classes), a pooling head over the tokens and one logit
     per class. `head`: "map" (attention pooling with one learned query, as big_vision's MAP head), "gap"
-    (mean over tokens) or "tokens" (no pooling: every output token gets its own logits, trained against the
-    labels of the boxes it lies in: dense, grounded supervision). `position_weight` > 0 adds a second
+    (mean over tokens), "tokens" (no pooling: every output token gets its own logits, trained against the
+    labels of the boxes it lies in: dense, grounded supervision) or "cells" (one learned query per cell of
+    a `head_cells` x `head_cells` grid over the image, each trained against the labels of the boxes centred
+    in its cell, as a YOLO grid cell answers for the objects centred in it: every query attends to all
+    tokens, so the tokens must say where they are as well as what they show). `position_weight` > 0 adds a second
     objective: every output token predicts its own row and column of the token grid (or of a coarser grid
     of `position_cells` per side: 2 = which half) through a linear read-out (position_norm/, position/),
     weighted by it. Pooled labels do not depend on where an object is, so without it the projector is
@@ -181,8 +184,9 @@ class ClassifierConfig:
     projector: ProjectorConfig | None
     num_classes: int
     embed_dim: int = 0  # the projector's output width (an LLM's hidden size); 0 with no projector
-    head: Literal["map", "gap", "tokens"] = "map"
+    head: Literal["map", "gap", "tokens", "cells"] = "map"
     head_heads: int = 4
+    head_cells: int = 2  # "cells": cells per side of the grid whose objects the head classifies
     position_weight: float = 0.0
     position_cells: int = 0  # the position objective's grid: cells per side (0: one per token)
 

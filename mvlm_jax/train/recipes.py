@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
                    # into the width of `llm`, a pooling head (map | gap) and one logit per data.classes entry;
                    # position_weight > 0 adds a second objective: each token's own row and column (of a grid
                    # of position_cells per side; 0: the token grid).
-                   classifier=dict(head="map", head_heads=4, position_weight=0.0, position_cells=0))
+                   classifier=dict(head="map", head_heads=4, head_cells=2, position_weight=0.0, position_cells=0))
     # Checkpoints to start from when the workdir has none: "part=dir" ("llm=ckpt/sft", "vision=ckpt/clip",
     # "projector=ckpt/stage1") or "=dir" for the whole model.
     c.init_from = ()

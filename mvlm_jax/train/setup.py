@@ -59,7 +59,8 @@ def image_label_data(config: ml_collections.ConfigDict, model: ModelConfig, file
     return ImageLabelData(files=files, classes=tuple(data.classes), image_size=model.vision.image_size,
                           batch_size=config.train.batch_size, image_root=data.image_root or None,
                           pad_images=data.pad_images, seed=data.seed, read=read,
-                          token_grid=model.token_grid if model.head == "tokens" else 0)
+                          token_grid=model.token_grid if model.head == "tokens" else 0,
+                          cell_grid=model.head_cells if model.head == "cells" else 0)
 
 
 def conversation_data(config: ml_collections.ConfigDict, model: ModelConfig, files: tuple[str, ...],
