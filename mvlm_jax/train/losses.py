@@ -81,10 +81,10 @@ def label_loss(forward: Forward, key: str = "labels", position_weight: float = 0
     batch[key]: "labels" ([batch, classes], 1 = present), or for the "tokens" and "cells" heads
     "token_labels" or "cell_labels" ([batch, tokens or cells, classes]), summed over the rows of weight 1
     (batch["weights"] [batch]; 0: a padding row), and the number of their (image, token or cell; class)
-    pairs, so that the step's loss is the mean per class and image (or token, or cell). With `position_weight` the forward also returns
-    position logits [batch, tokens, 2 * cells] (ImageClassifier), and the loss adds `position_weight` times
-    the mean per token of the softmax cross-entropy of its row plus that of its column: the cell of a
-    `cells` x `cells` grid that the token (row-major, square) lies in."""
+    pairs, so that the step's loss is the mean per class and image (or token, or cell). With
+    `position_weight` the forward also returns position logits [batch, tokens, 2 * cells] (ImageClassifier),
+    and the loss adds `position_weight` times the mean per token of the softmax cross-entropy of its row plus
+    that of its column: the cell of a `cells` x `cells` grid that the token (row-major, square) lies in."""
     def loss_sum(params, batch, rng):
         labels, weights = batch[key].astype(jnp.float32), batch["weights"].astype(jnp.float32)
         outputs = forward(params, batch, rng)
