@@ -122,6 +122,7 @@ def test_cells_head_pools_one_query_per_cell_and_its_loss_matches_numpy():
     model = build_model(config)
     params = init_params(config, jax.random.key(0))
     assert params["pool"]["probe"].shape == (4, config.embed_dim)
+    assert (config.label_key, config.label_rows) == ("cell_labels", 4)  # the batch key the trainer's loss reads
     params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
     images = jax.random.normal(jax.random.key(2), (3, config.vision.image_size, config.vision.image_size, 3))
     logits = np.asarray(jax.jit(model.apply)({"params": params}, images), np.float64)
@@ -327,7 +328,7 @@ def test_a_token_head_trains_each_token_against_the_boxes_it_lies_in(data, tmp_p
     history = train(config, str(tmp_path / "tokens"))
     params, trained_config = load_model(tmp_path / "tokens" / "model")
     grid = trained_config.token_grid  # 64-pixel images, patch 14 -> 4x4 tower tokens -> 2x2 after the LDP
-    assert grid * grid == trained_config.num_output_tokens and "pool" not in params
+    assert grid * grid == trained_config.num_output_tokens == trained_config.label_rows and "pool" not in params
     held_out = held_out_rows(stream_config(paths, files=(paths["labels_val"],), token_grid=grid))
     images = np.stack([held_out[i]["images"] for i in range(len(held_out))])
     targets = np.stack([held_out[i]["token_labels"] for i in range(len(held_out))])

@@ -178,7 +178,7 @@ class ClassifierConfig:
     weighted by it. Pooled labels do not depend on where an object is, so without it the projector is
     free to drop the positions the tower gives, which a VLM needs for "where" and "which is on the left"
     (docs/TRAINING.md). Parameters: vision/, projector/ (the VLM's
-    names: `init_from` takes them from here), then the head's pool/ (map only), norm/ and classes/."""
+    names: `init_from` takes them from here), then the head's pool/ (map and cells), norm/ and classes/."""
 
     vision: VisionConfig
     projector: ProjectorConfig | None
@@ -209,6 +209,18 @@ class ClassifierConfig:
             raise ValueError(f"classifier head 'tokens' and position_weight need a square grid of tokens, got "
                              f"{self.num_output_tokens} (a tower with a class token: select_feature='patch')")
         return side
+
+    @property
+    def label_key(self) -> str:
+        """The batch key the head's logits are trained against: "labels" ([batch, classes]), or per token
+        or per grid cell "token_labels" / "cell_labels" ([batch, label_rows, classes])."""
+        return {"tokens": "token_labels", "cells": "cell_labels"}.get(self.head, "labels")
+
+    @property
+    def label_rows(self) -> int:
+        """Rows of logits per image: one per token ("tokens"), one per grid cell ("cells"), else 0 (a single
+        pooled row, [batch, classes])."""
+        return {"tokens": self.num_output_tokens, "cells": self.head_cells ** 2}.get(self.head, 0)
 
     @property
     def position_grid(self) -> int:

@@ -84,8 +84,8 @@ def build_run(experiment: Experiment, devices: list | None = None) -> Run:
         raise BadInput(f"config.loss.kind {experiment.loss.kind!r} does not fit config.model.kind: a classifier "
                        "trains with sigmoid_cross_entropy, an LLM or VLM with cross_entropy")
     if classifier:
-        key = {"tokens": "token_labels", "cells": "cell_labels"}.get(model_config.head, "labels")
-        train_loss = eval_loss = label_loss(batch_forward(model, model_config), key, model_config.position_weight)
+        train_loss = eval_loss = label_loss(batch_forward(model, model_config), model_config.label_key,
+                                            model_config.position_weight)
     else:
         tokens_loss = token_loss(experiment.loss.kind, experiment.loss.label_smoothing)
         train_loss = next_token_loss(batch_forward(model, model_config), tokens_loss)
@@ -138,10 +138,8 @@ def abstract_batch(experiment: Experiment, run: Run) -> dict[str, jax.ShapeDtype
         size, classes = run.model_config.vision.image_size, run.model_config.num_classes
         out = {"images": spec((batch, size, size, 3), jnp.float32), "labels": spec((batch, classes), jnp.float32),
                "weights": spec((batch,), jnp.float32)}
-        if run.model_config.head == "tokens":
-            out["token_labels"] = spec((batch, run.model_config.num_output_tokens, classes), jnp.float32)
-        if run.model_config.head == "cells":
-            out["cell_labels"] = spec((batch, run.model_config.head_cells ** 2, classes), jnp.float32)
+        if run.model_config.label_rows:
+            out[run.model_config.label_key] = spec((batch, run.model_config.label_rows, classes), jnp.float32)
         return out
     if isinstance(run.model_config, VLMConfig):
         size, per_row = run.model_config.vision.image_size, experiment.train.images_per_row
