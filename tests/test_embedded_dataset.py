@@ -218,3 +218,27 @@ def test_image_conversations_ask_distinct_questions_within_the_turn_range():
         assert conv[0]["value"].startswith("<image>\n") and sum("<image>" in m["value"] for m in conv) == 1
         counts[len(questions)] += 1
     assert emb.SIZES["demo"]["turns"] == (4, 8) and set(counts) == set(range(4, 9))
+
+
+def test_the_tokenizer_learns_the_text_as_the_templates_lay_it_out(tmp_path):
+    """prepare() trains the tokenizer on each conversation rendered by the template it is trained with
+    (the vicuna system prompt and role markers included, no special tokens), so a row spends few tokens on
+    them: against a tokenizer trained on the same corpus and turns alone, as before."""
+    from data_pipelines.embedded.prepare import TEMPLATE_OF, prepare, rendered
+    from data_pipelines.templates import SPECIALS, VICUNA_V1_SYSTEM
+    from data_pipelines.tokenizer import Tokenizer, train_tokenizer
+
+    paths = prepare(tmp_path / "data", "tiny", 512, IMAGE_SIZE)
+    world_dir = Path(paths["world"])
+    record = next(r for r in load(world_dir, "llava_instruct_train.json") if "image" in r)
+    text = rendered(record, TEMPLATE_OF["llava_instruct"])
+    assert text.startswith(VICUNA_V1_SYSTEM) and " ASSISTANT: " in text
+    assert not any(special in text for special in SPECIALS)
+    assert all(turn["value"].removeprefix("<image>\n") in text for turn in record["conversations"])
+
+    texts = [json.loads(line)["text"] for line in (world_dir / "corpus_train.jsonl").read_text().splitlines()]
+    for name in TEMPLATE_OF:
+        texts += [t["value"] for r in load(world_dir, f"{name}_train.json") for t in r["conversations"]]
+    turns_only = train_tokenizer(texts, 512, tmp_path / "turns_only.model")
+    learnt = Tokenizer(paths["tokenizer"])
+    assert len(learnt.encode(VICUNA_V1_SYSTEM)) * 2 < len(turns_only.encode(VICUNA_V1_SYSTEM))
