@@ -1,6 +1,6 @@
 """The embedded dataset made ready to train on: generated world, a tokenizer trained on its corpus and its
-conversations as their templates lay them out, and token shards of its corpus (train and held-out val splits). Every step is skipped when its output is
-already complete."""
+conversations as their templates lay them out, and token shards of its corpus (train and held-out val
+splits). Every step is skipped when its output is already complete."""
 from __future__ import annotations
 
 import json
