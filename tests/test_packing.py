@@ -122,7 +122,7 @@ def test_epochs_set_total_steps_from_the_packed_rows_and_a_changed_dataset_is_re
     assert float(lr(warmup)) == pytest.approx(config.optim.learning_rate)
     assert float(lr(warmup - 1)) < config.optim.learning_rate
 
-    config.data.seq_len = 512  # the run's data now packs differently: its schedule would change under it
+    config.data.images_per_row = 1  # the run's data now packs differently: its schedule would change under it
     with pytest.raises(ValueError, match="epoch_plan.json"):
         setup.epoch_plan(config, model_config, tmp_path)
     config.data.kind = "pretrain"
