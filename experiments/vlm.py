@@ -59,8 +59,8 @@ def get_config(arg=None):
             c.train.trainable = (r"^projector/", r"^llm/")
         # Rows sized to the samples, with the embedded data's tokenizer, which knows the templates' text
         # (data_pipelines/embedded/prepare.py): captions of at most 181 tokens with their 144 visual ones, two
-        # per row; conversations of 4 to 8 turns 295 on average, one per row (1 % are cut to 384). Rows of
-        # 384 instead of 512 take 0.46 s a step instead of 0.65, so stage 2 gets 900 steps in the time of 600.
+        # per row; conversations of 4 to 8 turns 295 on average, one per row (1 % are cut to 384). On rows of
+        # 384 instead of 512, stage 2 runs 900 steps in about the time of 600 (docs/TRAINING.md).
         c.data.update(seq_len=384, images_per_row=2 if stage == "1" else 1)
         # make demo starts stage 1 from a tower and projector trained to tell the shapes apart
         # (experiments/vision.py). Stage 1 runs until its captions are learnt (300 steps): stopped halfway
